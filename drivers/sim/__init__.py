@@ -1,0 +1,1 @@
+"""Physics simulators: seeded, deterministic, usable live (as Sources) and in batch."""

@@ -1,0 +1,23 @@
+"""The decision rules f (model-based solvers, learned optimizers, unfolded networks,
+DNN-aided optimizers, black-box baselines) and the runtimes that execute them.
+
+Imports numpy, scipy, torch, onnx, onnxruntime (tensorrt lazily); never drivers,
+mbdl_app or Qt.
+"""
+
+from engines.base import Engine, EngineInfo, Estimate, TrackerEngine
+from engines.errors import ArtifactError, BackendUnavailable, EngineError, UnknownEngineError
+from engines.load import available, load
+
+__all__ = [
+    "ArtifactError",
+    "BackendUnavailable",
+    "Engine",
+    "EngineError",
+    "EngineInfo",
+    "Estimate",
+    "TrackerEngine",
+    "UnknownEngineError",
+    "available",
+    "load",
+]

@@ -1,0 +1,1 @@
+"""Imaging engines: clutter suppression, sparse recovery and super-resolution."""

@@ -1,0 +1,72 @@
+"""`engines.load(name)`: build a model-based solver or load a trained artifact by name.
+
+Builders are registered as "module:function" and imported on first use, so loading
+the EKF never imports the imaging stack. A builder takes keyword parameters only;
+unknown parameters are an error naming the engine (a typo must not pass silently).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from engines.errors import BackendUnavailable, EngineError, UnknownEngineError
+
+_BUILDERS: dict[str, str | Callable[..., Any]] = {
+    "svd-filter": "engines.imaging.svd_filter:build",
+    "ekf": "engines.tracking.kalman:build_ekf",
+}
+
+BACKENDS = ("auto", "numpy", "torch", "onnxruntime", "tensorrt")
+
+
+def available() -> list[str]:
+    """Names `load` accepts."""
+    return sorted(_BUILDERS)
+
+
+def register(name: str, builder: str | Callable[..., Any]) -> None:
+    """Add an engine: `builder` is "module:function" or a callable taking keyword
+    parameters (and `backend`) and returning an Engine or TrackerEngine."""
+    _BUILDERS[name] = builder
+
+
+def _builder(name: str):
+    entry = _BUILDERS.get(name)
+    if entry is None:
+        raise UnknownEngineError(f"unknown engine {name!r}; available: {', '.join(available())}")
+    if callable(entry):
+        return entry
+    module, _, fn = entry.partition(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def accepted_params(name: str) -> set[str]:
+    """Keyword parameters the builder of `name` understands."""
+    sig = inspect.signature(_builder(name))
+    return {
+        p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY and p.name != "backend"
+    }
+
+
+def load(name: str, backend: str = "auto", **overrides: Any):
+    """Build engine `name` on `backend` ("auto" = the fastest available for it).
+
+    Raises UnknownEngineError for an unknown name, EngineError for an unknown or
+    invalid parameter, BackendUnavailable when the backend cannot run it here.
+    """
+    if backend not in BACKENDS:
+        raise BackendUnavailable(f"{name}: unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
+    build = _builder(name)
+    known = accepted_params(name)
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise EngineError(
+            f"{name}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    try:
+        return build(backend=backend, **overrides)
+    except (TypeError, ValueError) as e:
+        raise EngineError(f"{name}: invalid parameters {overrides}: {e}") from e

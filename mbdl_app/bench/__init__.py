@@ -1,0 +1,1 @@
+"""`mbdl bench ...`: the benchmarks whose figures go into the closing notes."""

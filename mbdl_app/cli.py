@@ -1,0 +1,213 @@
+"""`mbdl`: the command line of MBDL Studio.
+
+    mbdl                      the GUI (headless default session when no display/GUI)
+    mbdl run [--config F] [--source URI ...] [--engine NAME ...] [--duration S] [--record F]
+    mbdl replay FILE [--engine NAME ...] [--speed X] [--record F] [--compare]
+    mbdl info FILE
+    mbdl bench session
+
+Errors print one line naming the input and the problem and exit with code 2;
+`--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from drivers.errors import DriverError
+from engines.errors import EngineError
+from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig, default_config, load_config
+from mbdl_app.errors import AppError, ConfigError
+from mbdl_app.logs import setup_logging
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+                  help="MBDL Studio: live model-based deep learning beside its baselines.")
+bench_app = typer.Typer(help="Benchmarks: figures measured side by side in one run.")
+app.add_typer(bench_app, name="bench")
+
+EXPECTED = (AppError, DriverError, EngineError)
+_ENGINE_SPEC = re.compile(r"^(?P<name>[\w.-]+)(?::(?P<backend>\w+))?(?:@(?P<source>[\w.-]+))?$")
+
+
+def parse_engine_spec(spec: str) -> EngineConfig:
+    """`NAME[:BACKEND][@SOURCE]`, e.g. `ekf`, `svd-filter@ceus`, `corona-ceus:onnxruntime`."""
+    m = _ENGINE_SPEC.match(spec)
+    if not m:
+        raise ConfigError(f"--engine {spec!r}: expected NAME[:BACKEND][@SOURCE]")
+    return EngineConfig(name=m["name"], backend=m["backend"] or "auto", source=m["source"])
+
+
+def source_name(uri: str, taken: set[str]) -> str:
+    """A readable default name for a --source URI: `sim:ceus` -> `ceus`, file stem, ..."""
+    if "=" in uri.split(":", 1)[0]:
+        return uri.split("=", 1)[0]
+    scheme, _, rest = uri.partition(":")
+    base = rest.split("?", 1)[0]
+    base = Path(base).stem if scheme != "sim" else base
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", base) or scheme
+    name, k = base, 2
+    while name in taken:
+        name, k = f"{base}{k}", k + 1
+    return name
+
+
+def build_config(config: Path | None, sources: list[str], engine_specs: list[str]) -> SessionConfig:
+    """The session to run: a config file or the embedded default, with CLI overrides.
+
+    --source replaces the config's sources (NAME=URI or URI); --engine replaces its engines.
+    """
+    cfg = load_config(config) if config else default_config()
+    srcs = cfg.sources
+    if sources:
+        srcs, taken = [], set()
+        for s in sources:
+            name = source_name(s, taken)
+            uri = s.split("=", 1)[1] if s.startswith(f"{name}=") else s
+            taken.add(name)
+            srcs.append(SourceConfig(name=name, uri=uri))
+    engines_ = [parse_engine_spec(e) for e in engine_specs] if engine_specs else cfg.engines
+    if sources and not engine_specs:
+        names = {s.name for s in srcs}
+        engines_ = [e for e in engines_ if e.source in names]
+    try:
+        return SessionConfig(sources=srcs, engines=engines_, record=cfg.record)
+    except ValueError as e:
+        raise ConfigError(f"session: {e}") from None
+
+
+def run_session(cfg: SessionConfig, duration: float | None, record: Path | None,
+                quiet: bool = False) -> int:
+    """Run a session headless with a status line per second; print the final tables."""
+    from mbdl_app.report import final_tables, status_line
+    from mbdl_app.session import Session
+
+    session = Session(cfg, record=record)
+    session.start()
+
+    def tick(st):
+        if not quiet:
+            print(status_line(st), file=sys.stderr, flush=True)
+
+    try:
+        session.run(duration, on_tick=tick)
+    except KeyboardInterrupt:
+        print("mbdl: stopping (Ctrl-C)", file=sys.stderr)
+    finally:
+        session.stop()
+    st = session.status()
+    final_tables(st)
+    failed = [n for n, e in st.engines.items() if e["state"] == "failed"]
+    failed += [n for n, s in st.sources.items() if s["state"] == "failed"]
+    if st.recorder and st.recorder["state"] == "failed":
+        failed.append("recorder")
+    return 1 if failed else 0
+
+
+@app.callback(invoke_without_command=True)
+def root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    """With no command: open the GUI, or run the default session headless without one."""
+    setup_logging(logging.DEBUG if debug else logging.WARNING)
+    if ctx.invoked_subcommand is None:
+        from mbdl_app.launch import launch_default
+
+        raise typer.Exit(launch_default())
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Session TOML file.")] = None,
+    source: Annotated[list[str] | None, typer.Option("--source", "-s",
+                      help="Source URI (or NAME=URI); repeatable. Replaces the config's.")] = None,
+    engine: Annotated[list[str] | None, typer.Option("--engine", "-e",
+                      help="NAME[:BACKEND][@SOURCE]; repeatable. Replaces the config's.")] = None,
+    duration: Annotated[float | None, typer.Option("--duration", "-d",
+                        help="Seconds to run (default: until the sources end or Ctrl-C).")] = None,
+    record: Annotated[Path | None, typer.Option("--record", "-r", help="Record to this .h5 file.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No status line.")] = False,
+) -> None:
+    """Run a live session headless: a status line per second, a final table."""
+    cfg = build_config(config, source or [], engine or [])
+    raise typer.Exit(run_session(cfg, duration, record, quiet))
+
+
+@app.command()
+def replay(
+    file: Annotated[Path, typer.Argument(help="A recording (.h5).")],
+    engine: Annotated[list[str] | None, typer.Option("--engine", "-e",
+                      help="Engines to replay through (default: those recorded).")] = None,
+    speed: Annotated[float, typer.Option(help="1 = recorded timing, 2 = twice as fast.")] = 1.0,
+    record: Annotated[Path | None, typer.Option("--record", "-r", help="Record the replay.")] = None,
+    compare: Annotated[bool, typer.Option(help="Compare replayed results with the recorded ones "
+                                          "(needs --record).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Replay a recording through engines (the recorded ones by default)."""
+    from mbdl_app.replay import compare_results, replay_config
+
+    if compare and record is None:
+        raise ConfigError("--compare needs --record FILE (the replay's results are compared "
+                          "with the recording's)")
+    engines_ = [parse_engine_spec(e) for e in engine] if engine else None
+    cfg = replay_config(file, engines_, speed)
+    rc = run_session(cfg, None, record, quiet)
+    if compare and record is not None:
+        for key, c in compare_results(file, record).items():
+            print(f"{key}: {c['common']} results at common inputs, "
+                  f"max |replay - recorded| = {c['max_abs_diff']:.3g}")
+    raise typer.Exit(rc)
+
+
+@app.command()
+def info(file: Annotated[Path, typer.Argument(help="A recording (.h5).")]) -> None:
+    """What a recording holds: streams, results, config, versions."""
+    from mbdl_app.replay import describe_json
+
+    print(describe_json(file))
+
+
+@bench_app.command("session")
+def bench_session(
+    out: Annotated[Path, typer.Option(help="Folder for the JSON report.")] = Path("bench_out"),
+    duration: Annotated[float, typer.Option(help="Seconds for each throughput run.")] = 60.0,
+    soak: Annotated[float, typer.Option(help="Seconds of the 2x-real-time soak run.")] = 600.0,
+) -> None:
+    """Session throughput, recorder losslessness and memory growth (issue targets)."""
+    from mbdl_app.bench.session_bench import run_all
+
+    raise typer.Exit(run_all(out, duration, soak))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one-line errors, exit code 2, `--debug` for tracebacks."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        rc = app(args=argv, standalone_mode=False, prog_name="mbdl")
+    except EXPECTED as e:
+        if debug:
+            traceback.print_exc()
+        print(f"mbdl: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Typed session configuration: pydantic models read from TOML.
+
+A session = sources (named URIs) + engines (each bound to one source by name) +
+an optional recording path. Unknown keys are errors, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mbdl_app.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Strict):
+    """One input stream: `name` is how engines and recordings refer to it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    uri: str
+
+
+class EngineConfig(_Strict):
+    """One engine on one source. `id` labels it (default: `name`); `params` go to its builder.
+
+    `source` may be left out: the engine then reads the first source of the kind it
+    needs (frames for imaging engines, samples for trackers).
+    """
+
+    name: str
+    source: str | None = None
+    id: str | None = None
+    backend: str = "auto"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.id or self.name
+
+
+class RecordConfig(_Strict):
+    path: str | None = None
+
+
+class SessionConfig(_Strict):
+    sources: list[SourceConfig] = Field(min_length=1)
+    engines: list[EngineConfig] = Field(default_factory=list)
+    record: RecordConfig = Field(default_factory=RecordConfig)
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> SessionConfig:
+        names = [s.name for s in self.sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate source name(s): {', '.join(dup)}")
+        labels = [e.label for e in self.engines]
+        dup = sorted({n for n in labels if labels.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate engine id(s): {', '.join(dup)} (give each an `id`)")
+        for e in self.engines:
+            if e.source is not None and e.source not in names:
+                raise ValueError(
+                    f"engine {e.label!r} reads source {e.source!r}, which is not defined "
+                    f"(sources: {', '.join(names)})"
+                )
+        return self
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "config"
+    return f"{where}: {err['msg']}"
+
+
+def parse_config(data: dict[str, Any], origin: str) -> SessionConfig:
+    """Validate a config mapping; ConfigError naming `origin` and the first problem."""
+    try:
+        return SessionConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{origin}: {_first_error(e)}") from None
+
+
+def load_config(path: str | Path) -> SessionConfig:
+    """Read a TOML session config; ConfigError naming the file and what is wrong."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror or e})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    return parse_config(data, str(path))
+
+
+def default_config() -> SessionConfig:
+    """The embedded default session (CEUS + SVD filter, Lorenz + EKF)."""
+    text = resources.files("mbdl_app").joinpath("default_session.toml").read_text("utf-8")
+    return parse_config(tomllib.loads(text), "default_session.toml")

@@ -1,0 +1,148 @@
+"""The result bus: the newest result of each engine, a bounded history, and live stats.
+
+Engine workers publish; the GUI and the headless CLI pull the newest result at their
+own rate (never every frame). All methods are thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mbdl_app.session.stats import LatencyHistogram, MeanSquare, RateMeter
+
+
+@dataclass(slots=True)
+class Result:
+    """One engine output with its per-stage stamps (time.monotonic seconds).
+
+    index / t: the newest input item it was computed from (source index and time).
+    data: imaging (T_out, C, H, W) or tracker mean (n,); cov (n, n) or None.
+    mse: squared error against the truth of that item when known, else None.
+    """
+
+    engine: str
+    stream: str
+    index: int
+    t: float
+    data: np.ndarray
+    t_acquired: float
+    t_start: float
+    t_end: float
+    cov: np.ndarray | None = None
+    mse: float | None = None
+
+    @property
+    def compute_latency(self) -> float:
+        return self.t_end - self.t_start
+
+    @property
+    def e2e_latency(self) -> float:
+        """From acquisition of the newest input to the end of inference."""
+        return self.t_end - self.t_acquired
+
+
+@dataclass
+class EngineStats:
+    """Live statistics of one engine; written by its worker, read under the bus lock."""
+
+    engine: str
+    stream: str
+    family: str = ""
+    task: str = ""
+    backend: str = ""
+    state: str = "starting"  # starting | running | failed | stopped
+    error: str = ""
+    results: int = 0
+    skipped: int = 0  # inputs that arrived while busy and were never processed
+    first_call_s: float = float("nan")
+    compute: LatencyHistogram = field(default_factory=LatencyHistogram)
+    e2e: LatencyHistogram = field(default_factory=LatencyHistogram)
+    rate: RateMeter = field(default_factory=RateMeter)
+    mse: MeanSquare = field(default_factory=MeanSquare)
+
+    def snapshot(self, now: float | None = None) -> dict:
+        c, e = self.compute.summary_ms(), self.e2e.summary_ms()
+        return {
+            "engine": self.engine, "stream": self.stream, "family": self.family,
+            "task": self.task, "backend": self.backend, "state": self.state,
+            "error": self.error, "results": self.results, "skipped": self.skipped,
+            "fps": self.rate.rate(now), "first_call_ms": 1e3 * self.first_call_s,
+            "latency_p50_ms": c["p50_ms"], "latency_p95_ms": c["p95_ms"],
+            "latency_p99_ms": c["p99_ms"], "latency_max_ms": c["max_ms"],
+            "e2e_p50_ms": e["p50_ms"], "e2e_p99_ms": e["p99_ms"],
+            "mse_db": self.mse.recent_db(), "mse_db_overall": self.mse.overall_db(),
+        }
+
+
+class ResultBus:
+    """Latest result + bounded history per engine, and each engine's stats."""
+
+    def __init__(self, history: int = 256) -> None:
+        self._lock = threading.Lock()
+        self._latest: dict[str, Result] = {}
+        self._history: dict[str, deque[Result]] = {}
+        self._stats: dict[str, EngineStats] = {}
+        self._hist_len = history
+        self._seq = 0  # bumps on every publish, so pullers can tell "nothing new"
+
+    def register(self, stats: EngineStats) -> None:
+        with self._lock:
+            self._stats[stats.engine] = stats
+            self._history[stats.engine] = deque(maxlen=self._hist_len)
+
+    def publish(self, r: Result, skipped: int = 0) -> None:
+        with self._lock:
+            st = self._stats[r.engine]
+            self._latest[r.engine] = r
+            self._history[r.engine].append(r)
+            st.state = "running"
+            st.results += 1
+            st.skipped += skipped
+            st.compute.add(r.compute_latency)
+            st.e2e.add(r.e2e_latency)
+            st.rate.tick(r.t_end)
+            if r.mse is not None:
+                st.mse.add(r.mse)
+            self._seq += 1
+
+    def mark(self, engine: str, state: str, error: str = "") -> None:
+        with self._lock:
+            st = self._stats[engine]
+            st.state = state
+            if error:
+                st.error = error
+
+    def set_first_call(self, engine: str, seconds: float) -> None:
+        with self._lock:
+            self._stats[engine].first_call_s = seconds
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    @property
+    def engines(self) -> list[str]:
+        with self._lock:
+            return list(self._stats)
+
+    def latest(self, engine: str) -> Result | None:
+        with self._lock:
+            return self._latest.get(engine)
+
+    def history(self, engine: str) -> list[Result]:
+        with self._lock:
+            return list(self._history.get(engine, ()))
+
+    def stats(self, engine: str) -> dict:
+        with self._lock:
+            return self._stats[engine].snapshot(time.monotonic())
+
+    def snapshot(self) -> dict[str, dict]:
+        now = time.monotonic()
+        with self._lock:
+            return {k: st.snapshot(now) for k, st in self._stats.items()}

@@ -1,0 +1,292 @@
+"""The live session of ARCHITECTURE.md: sources -> engines -> bus, plus the recorder.
+
+    session = Session(default_config(), record="out.h5")
+    session.start()            # opens sources, builds + warms engines, starts threads
+    session.status()           # a snapshot: per-source and per-engine stats
+    session.stop()             # stops acquisition, then engines, then drains the recorder
+
+Threads: one acquisition thread per source, one worker per engine, one recorder.
+Nothing here imports Qt: the GUI polls `bus` and `status()` on a timer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode
+
+import numpy as np
+import psutil
+
+import engines
+from drivers import SourceInfo, open_source, parse_uri
+from drivers.errors import DriverError
+from drivers.recording import ResultSpec
+from engines.load import accepted_params
+from mbdl_app import __version__
+from mbdl_app.config import EngineConfig, SessionConfig
+from mbdl_app.errors import SessionError
+from mbdl_app.session.bus import EngineStats, ResultBus
+from mbdl_app.session.recorder import Recorder
+from mbdl_app.session.rings import FrameRing, SampleQueue
+from mbdl_app.session.workers import (
+    AcquisitionThread,
+    EngineWorker,
+    ImagingWorker,
+    SourceStats,
+    TrackerWorker,
+)
+
+log = logging.getLogger(__name__)
+
+
+def with_param(uri: str, key: str, value) -> str:
+    """`uri` with parameter `key` set to `value` (replacing any earlier value)."""
+    p = parse_uri(uri)
+    params = {**p.params, key: str(value)}
+    return f"{p.scheme}:{p.target}?{urlencode(params)}"
+
+
+def is_tracker(engine) -> bool:
+    return callable(getattr(engine, "step", None)) and callable(getattr(engine, "reset", None))
+
+
+@dataclass
+class SessionStatus:
+    elapsed_s: float
+    sources: dict[str, dict]
+    engines: dict[str, dict]
+    recorder: dict | None
+    rss_mb: float
+    running: bool
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, default=float, indent=2)
+
+
+@dataclass
+class _Stream:
+    name: str
+    info: SourceInfo
+    source: object
+    stats: SourceStats
+    speed: float
+    consumers: list = field(default_factory=list)
+
+
+class Session:
+    """One live run. Build with a SessionConfig; `start()`, poll `status()`, `stop()`."""
+
+    def __init__(self, config: SessionConfig, record: str | Path | None = None) -> None:
+        self.config = config
+        self.record_path = Path(record) if record else (
+            Path(config.record.path) if config.record.path else None)
+        self.bus = ResultBus()
+        self.streams: dict[str, _Stream] = {}
+        self.engines: dict[str, object] = {}
+        self.bindings: dict[str, str] = {}  # engine label -> source name
+        self.recorder: Recorder | None = None
+        self._workers: list[EngineWorker] = []
+        self._acq: list[AcquisitionThread] = []
+        self._rings: list[FrameRing | SampleQueue] = []
+        self._stop = threading.Event()
+        self._t_start = float("nan")
+        self._started = False
+        self._stopped = False
+
+    # ---- building -------------------------------------------------------------------
+    def _open_sources(self) -> None:
+        for sc in self.config.sources:
+            src = open_source(sc.uri)
+            src.open()
+            info = src.info
+            speed = float(parse_uri(sc.uri).params.get("speed", 1.0))
+            self.streams[sc.name] = _Stream(
+                sc.name, info, src, SourceStats(sc.name, sc.uri, info.rate_hz), speed)
+
+    def _resolve_source(self, ec: EngineConfig, engine) -> str:
+        """The source an engine reads: as configured, else the first of the right kind."""
+        want = "samples" if is_tracker(engine) else "frames"
+        if ec.source is not None:
+            info = self.streams[ec.source].info
+            if info.kind != want:
+                raise SessionError(
+                    f"engine {ec.label!r} ({ec.name}) needs a {want} source, but {ec.source!r} "
+                    f"({info.uri}) gives {info.kind}")
+            return ec.source
+        for name, s in self.streams.items():
+            if s.info.kind == want:
+                return name
+        raise SessionError(f"engine {ec.label!r} ({ec.name}) needs a {want} source; "
+                           f"none of {', '.join(self.streams)} gives {want}")
+
+    def _build_engine(self, ec: EngineConfig):
+        """Build an engine; a source's meta["model"] fills the physics parameters not set."""
+        params = dict(ec.params)
+        engine = engines.load(ec.name, backend=ec.backend, **params)
+        source = self._resolve_source(ec, engine)
+        model = self.streams[source].info.meta.get("model", {})
+        extra = {k: model[k] for k in accepted_params(ec.name) & set(model) if k not in params}
+        if extra:  # a model-based engine takes the physics from the source it reads
+            engine = engines.load(ec.name, backend=ec.backend, **params, **extra)
+        return engine, source
+
+    def _warm_up(self, label: str, engine, info: SourceInfo) -> tuple[tuple, tuple | None]:
+        """One call on zeros: the concrete output shape, and the first-call time."""
+        t0 = time.monotonic()
+        if is_tracker(engine):
+            engine.reset(1)
+            est = engine.step(np.zeros((1, *info.shape)))
+            engine.reset(1)
+            shape, cov = est.mean.shape[1:], None if est.cov is None else est.cov.shape[1:]
+        else:
+            out = engine(np.zeros((1, engine.info.window, *info.shape), np.float32))
+            shape, cov = out.shape[1:], None
+        self.bus.set_first_call(label, time.monotonic() - t0)
+        return tuple(shape), (tuple(cov) if cov is not None else None)
+
+    def start(self) -> None:
+        """Open every source, build and warm every engine, start all threads.
+
+        Raises DriverError / EngineError / SessionError (one line, naming the input)
+        and leaves nothing open if the configuration cannot run.
+        """
+        if self._started:
+            raise SessionError("session already started")
+        self._started = True
+        try:
+            self._open_sources()
+            specs, artifacts = [], {}
+            for ec in self.config.engines:
+                engine, source = self._build_engine(ec)
+                info = engine.info
+                self.bindings[ec.label] = source
+                self.bus.register(EngineStats(ec.label, source, info.family, info.task,
+                                              info.backend))
+                try:
+                    shape, cov = self._warm_up(ec.label, engine, self.streams[source].info)
+                except Exception as e:
+                    raise SessionError(f"engine {ec.label!r} failed its warm-up call on "
+                                       f"{source!r}: {type(e).__name__}: {e}") from e
+                self.engines[ec.label] = engine
+                sha = getattr(engine, "artifact_sha256", None)
+                if sha:
+                    artifacts[ec.label] = sha
+                specs.append(ResultSpec(source, ec.label, shape, cov, info={
+                    "name": info.name, "family": info.family, "task": info.task,
+                    "backend": info.backend, "window": info.window,
+                    "params": ec.params, "n_params": info.n_params}))
+            if self.record_path is not None:
+                self.recorder = Recorder(
+                    self.record_path, {n: s.info for n, s in self.streams.items()}, specs,
+                    config=self.resolved_config().to_toml_dict(),
+                    versions={"app": __version__, "engines": artifacts})
+        except BaseException:
+            self._close_sources()
+            raise
+        self._wire()
+        self._t_start = time.monotonic()
+        if self.recorder:
+            self.recorder.start()
+        for w in self._workers:
+            w.start()
+        for a in self._acq:
+            a.start()
+
+    def resolved_config(self) -> SessionConfig:
+        """The config with every engine's source filled in (what a recording stores)."""
+        engines_ = [ec.model_copy(update={"source": self.bindings.get(ec.label, ec.source)})
+                    for ec in self.config.engines]
+        return self.config.model_copy(update={"engines": engines_})
+
+    def _wire(self) -> None:
+        rec = self.recorder
+        on_result = rec.put_result if rec else None
+        for label, engine in self.engines.items():
+            source = self.bindings[label]
+            if is_tracker(engine):
+                q = SampleQueue()
+                w = TrackerWorker(label, source, engine, self.bus, self._stop,
+                                  on_result, queue=q)
+            else:
+                q = FrameRing(engine.info.window, self.streams[source].info.shape)
+                w = ImagingWorker(label, source, engine, self.bus, self._stop,
+                                  on_result, ring=q)
+            self.streams[source].consumers.append(q.push)
+            self._rings.append(q)
+            self._workers.append(w)
+        for name, stream in self.streams.items():
+            if rec:
+                stream.consumers.append(lambda item, n=name: rec.put_item(n, item))
+            self._acq.append(AcquisitionThread(stream.source, stream.stats, stream.consumers,
+                                               self._stop, stream.speed))
+
+    # ---- running ----------------------------------------------------------------------
+    @property
+    def sources_done(self) -> bool:
+        """True when every source has ended or failed (e.g. a replay reached its end)."""
+        return all(not a.is_alive() for a in self._acq) and bool(self._acq)
+
+    def run(self, duration: float | None, on_tick=None, tick: float = 1.0) -> None:
+        """Block for `duration` seconds (None: until all sources end or Ctrl-C)."""
+        t_end = None if duration is None else time.monotonic() + duration
+        next_tick = time.monotonic() + tick
+        while not self.sources_done:
+            now = time.monotonic()
+            if t_end is not None and now >= t_end:
+                break
+            time.sleep(max(0.0, min(0.05, next_tick - now)))
+            if on_tick and time.monotonic() >= next_tick:
+                next_tick += tick
+                on_tick(self.status())
+
+    def stop(self) -> None:
+        """Stop acquisition, then engines, then write out everything queued; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop.set()
+        for a in self._acq:
+            a.join(5.0)
+        for r in self._rings:
+            r.close()
+        for w in self._workers:
+            w.join(10.0)
+        self._close_sources()
+        if self.recorder:
+            self.recorder.stop()
+
+    def _close_sources(self) -> None:
+        for s in self.streams.values():
+            try:
+                s.source.close()
+            except DriverError as e:
+                log.warning("%s", e)
+
+    def __enter__(self) -> Session:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def status(self) -> SessionStatus:
+        rec = None
+        if self.recorder:
+            r = self.recorder
+            rec = {"path": str(r.path), "state": r.state, "error": r.error,
+                   "backlog": r.backlog, "max_backlog": r.max_backlog, "written": r.counts()}
+        return SessionStatus(
+            elapsed_s=time.monotonic() - self._t_start,
+            sources={n: s.stats.snapshot() for n, s in self.streams.items()},
+            engines=self.bus.snapshot(),
+            recorder=rec,
+            rss_mb=psutil.Process(os.getpid()).memory_info().rss / 2**20,
+            running=self._started and not self._stopped,
+        )
+

@@ -1,0 +1,194 @@
+"""The session's threads: one acquisition thread per source, one worker per engine.
+
+Acquisition never waits for inference: it pushes each item into every consumer's
+ring/queue and the recorder queue, all non-blocking. Workers own their engine; an
+engine that raises is stopped and marked failed on the bus while the rest go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from drivers.base import Frame, Sample, Source
+from drivers.errors import SourceEnded, SourceError
+from mbdl_app.session.bus import Result, ResultBus
+from mbdl_app.session.rings import FrameRing, SampleQueue
+from mbdl_app.session.stats import RateMeter
+
+log = logging.getLogger(__name__)
+
+# Which truth array an engine's output is scored against, by task.
+TRUTH_OF_TASK = {"clutter-suppression": "bubbles", "tracking": "state"}
+
+
+@dataclass
+class SourceStats:
+    """Written by the acquisition thread only; read (racily but safely) by others."""
+
+    name: str
+    uri: str
+    nominal_hz: float = 0.0
+    state: str = "starting"  # starting | running | error (reconnecting) | ended | failed | stopped
+    error: str = ""
+    items: int = 0
+    gaps: int = 0  # items missing by index (a device or file dropped them)
+    errors: int = 0  # SourceErrors raised by read() (device faults; the source reconnects)
+    max_lag_s: float = 0.0  # how far acquisition fell behind the source's own clock
+    rate: RateMeter = field(default_factory=RateMeter)
+    t_first: float = float("nan")
+
+    def snapshot(self) -> dict:
+        return {
+            "source": self.name, "uri": self.uri, "state": self.state, "error": self.error,
+            "items": self.items, "gaps": self.gaps, "errors": self.errors, "fps": self.rate.rate(),
+            "nominal_hz": self.nominal_hz, "max_lag_ms": 1e3 * self.max_lag_s,
+        }
+
+
+class AcquisitionThread(threading.Thread):
+    """Reads one source until it ends, fails or the session stops."""
+
+    def __init__(
+        self,
+        source: Source,
+        stats: SourceStats,
+        consumers: list[Callable[[Frame | Sample], None]],
+        stop: threading.Event,
+        speed: float = 1.0,
+    ) -> None:
+        super().__init__(name=f"acquire-{stats.name}", daemon=True)
+        self.source, self.stats, self.consumers, self._halt = source, stats, consumers, stop
+        self._speed = speed
+
+    def run(self) -> None:
+        st = self.stats
+        st.state = "running"
+        last_index = None
+        item_t0 = 0.0
+        while not self._halt.is_set():
+            try:
+                item = self.source.read(timeout=0.1)
+            except SourceEnded:
+                st.state = "ended"
+                return
+            except SourceError as e:
+                # A device fault (unplugged camera or serial port): the source names it
+                # once and reconnects on later reads, so keep reading; the error stays
+                # visible in the stats until items flow again.
+                st.errors += 1
+                if st.state != "error":
+                    log.error("%s", e)
+                st.state, st.error = "error", str(e)
+                continue
+            except Exception as e:  # a driver bug or a corrupt file must not take the session down
+                st.state, st.error = "failed", f"{st.uri}: {type(e).__name__}: {e}"
+                log.error("source %s failed: %s", st.name, st.error)
+                return
+            if item is None:
+                continue
+            if st.state == "error":
+                st.state = "running"
+            if last_index is None:
+                st.t_first, item_t0 = item.t_host, item.t
+            elif item.index != last_index + 1:
+                st.gaps += max(item.index - last_index - 1, 0)
+            elif self._speed > 0:
+                due = st.t_first + (item.t - item_t0) / self._speed
+                st.max_lag_s = max(st.max_lag_s, item.t_host - due)
+            last_index = item.index
+            for push in self.consumers:
+                push(item)
+            st.items += 1
+            st.rate.tick(item.t_host)
+        st.state = "stopped"
+
+
+def squared_error(estimate: np.ndarray, truth: np.ndarray | None) -> float | None:
+    if truth is None:
+        return None
+    return float(np.mean((estimate.astype(np.float64) - truth) ** 2))
+
+
+class EngineWorker(threading.Thread):
+    """Base: runs `_loop` and turns any exception into a failed engine on the bus."""
+
+    def __init__(self, label: str, stream: str, engine, bus: ResultBus, stop: threading.Event,
+                 on_result: Callable[[Result], None] | None = None) -> None:
+        super().__init__(name=f"engine-{label}", daemon=True)
+        self.label, self.stream, self.engine, self.bus, self._halt = label, stream, engine, bus, stop
+        self.on_result = on_result
+        self.truth_key = TRUTH_OF_TASK.get(engine.info.task)
+
+    def run(self) -> None:
+        self.bus.mark(self.label, "running")
+        try:
+            self._loop()
+        except Exception as e:
+            msg = f"engine {self.label}: {type(e).__name__}: {e}"
+            log.error("%s (stopped; the other engines go on)", msg)
+            self.bus.mark(self.label, "failed", msg)
+            return
+        self.bus.mark(self.label, "stopped")
+
+    def _emit(self, r: Result, skipped: int = 0) -> None:
+        self.bus.publish(r, skipped)
+        if self.on_result is not None:
+            self.on_result(r)
+
+    def _loop(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class ImagingWorker(EngineWorker):
+    """Feeds the newest full window of its stream to a windowed imaging engine."""
+
+    def __init__(self, *args, ring: FrameRing, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.ring = ring
+        self._window = ring.new_window()  # preallocated, reused every call
+
+    def _loop(self) -> None:
+        after = 0
+        while not self._halt.is_set():
+            got = self.ring.take(after, self._window, timeout=0.1)
+            if got is None:
+                continue
+            count, newest = got
+            skipped = count - after - 1 if after else 0
+            after = count
+            t_start = time.monotonic()
+            out = self.engine(self._window[None])[0]
+            t_end = time.monotonic()
+            mse = None
+            if self.truth_key and self.truth_key in newest.truth:
+                mse = squared_error(out[-1], newest.truth[self.truth_key])
+            self._emit(Result(self.label, self.stream, newest.index, newest.t, out,
+                              newest.t_host, t_start, t_end, mse=mse), skipped)
+
+
+class TrackerWorker(EngineWorker):
+    """Steps a tracker through every sample of its stream, in order."""
+
+    def __init__(self, *args, queue: SampleQueue, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.queue = queue
+
+    def _loop(self) -> None:
+        dropped = 0
+        while not self._halt.is_set():
+            for s in self.queue.drain(timeout=0.1):
+                t_start = time.monotonic()
+                est = self.engine.step(s.value[None])
+                t_end = time.monotonic()
+                mean = est.mean[0]
+                cov = None if est.cov is None else est.cov[0]
+                mse = squared_error(mean, s.truth.get(self.truth_key)) if self.truth_key else None
+                skipped, dropped = self.queue.dropped - dropped, self.queue.dropped
+                self._emit(Result(self.label, self.stream, s.index, s.t, mean,
+                                  s.t_host, t_start, t_end, cov=cov, mse=mse), skipped)

@@ -1,0 +1,42 @@
+import pytest
+
+from mbdl_app.config import default_config, load_config
+from mbdl_app.errors import ConfigError
+
+
+def test_default_session_has_ceus_with_svd_filter_and_lorenz_with_ekf():
+    cfg = default_config()
+    assert {s.name: s.uri.split("?")[0] for s in cfg.sources} == {
+        "ceus": "sim:ceus", "lorenz": "sim:lorenz"}
+    assert {(e.name, e.source) for e in cfg.engines} == {("svd-filter", "ceus"), ("ekf", "lorenz")}
+
+
+def test_config_file_round_trip(tmp_path):
+    p = tmp_path / "s.toml"
+    p.write_text('[[sources]]\nname = "a"\nuri = "sim:lorenz"\n'
+                 '[[engines]]\nname = "ekf"\nsource = "a"\nparams = { r2 = 0.5 }\n')
+    cfg = load_config(p)
+    assert cfg.engines[0].params == {"r2": 0.5} and cfg.engines[0].label == "ekf"
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[[sources]\nname='a'", "not valid TOML"),
+    ("[[sources]]\nname = 'a'\n", "sources.0.uri"),
+    ("[[sources]]\nname='a'\nuri='sim:lorenz'\ncolour='red'\n", "colour"),
+    ("[[sources]]\nname='a'\nuri='sim:lorenz'\n[[engines]]\nname='ekf'\nsource='b'\n",
+     "source 'b', which is not defined"),
+    ("[[sources]]\nname='a'\nuri='x:y'\n[[sources]]\nname='a'\nuri='x:z'\n", "duplicate source"),
+    ("engines = []\n", "sources"),
+])
+def test_malformed_config_gives_one_line_error_naming_file_and_problem(tmp_path, text, needle):
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and needle in msg and "\n" not in msg
+
+
+def test_missing_config_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.toml")

@@ -1,0 +1,57 @@
+import threading
+import time
+
+import numpy as np
+
+from drivers.base import Frame, Sample
+from mbdl_app.session.rings import FrameRing, SampleQueue
+
+
+def _frame(i):
+    return Frame(index=i, t=i / 100, data=np.full((1, 2, 2), i, np.float32))
+
+
+def test_frame_ring_returns_the_newest_full_window_oldest_first():
+    ring = FrameRing(window=3, shape=(1, 2, 2))
+    out = ring.new_window()
+    for i in range(2):
+        ring.push(_frame(i))
+    assert ring.take(0, out, timeout=0.01) is None  # not full yet
+    for i in range(2, 7):
+        ring.push(_frame(i))
+    count, newest = ring.take(0, out, timeout=0.01)
+    assert count == 7 and newest.index == 6
+    assert out[:, 0, 0, 0].tolist() == [4, 5, 6]
+    assert ring.take(count, out, timeout=0.01) is None  # nothing newer
+
+
+def test_frame_ring_latest_wins_and_never_blocks_the_producer():
+    ring = FrameRing(window=4, shape=(1, 2, 2))
+    t0 = time.perf_counter()
+    for i in range(1000):  # no consumer at all
+        ring.push(_frame(i))
+    assert time.perf_counter() - t0 < 1.0
+    out = ring.new_window()
+    count, newest = ring.take(0, out, timeout=0.01)
+    assert newest.index == 999 and out[:, 0, 0, 0].tolist() == [996, 997, 998, 999]
+
+
+def test_frame_ring_close_wakes_a_waiting_worker():
+    ring = FrameRing(window=2, shape=(1, 2, 2))
+    got = []
+    th = threading.Thread(target=lambda: got.append(ring.take(0, ring.new_window(), 5.0)))
+    th.start()
+    time.sleep(0.05)
+    ring.close()
+    th.join(1.0)
+    assert not th.is_alive() and got == [None]
+
+
+def test_sample_queue_keeps_order_and_counts_overflow_drops():
+    q = SampleQueue(capacity=5)
+    for i in range(8):
+        q.push(Sample(index=i, t=i, value=np.zeros(3)))
+    got = q.drain(timeout=0.01)
+    assert [s.index for s in got] == [3, 4, 5, 6, 7]
+    assert q.dropped == 3
+    assert q.drain(timeout=0.01) == []

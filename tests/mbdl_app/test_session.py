@@ -1,0 +1,106 @@
+"""End-to-end headless sessions on the real simulators, engines and HDF5 recorder."""
+
+import numpy as np
+import pytest
+
+from drivers.recording import RecordingReader
+from engines.base import EngineInfo
+from engines.imaging.svd_filter import SVDFilter
+from engines.load import register
+from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig
+from mbdl_app.errors import SessionError
+from mbdl_app.replay import compare_results, replay_config
+from mbdl_app.session import Session
+
+SMALL = [SourceConfig(name="ceus", uri="sim:ceus?seed=2&rate=100&size=32"),
+         SourceConfig(name="lorenz", uri="sim:lorenz?seed=2&rate=200&r2=1")]
+ENGINES = [EngineConfig(name="svd-filter", source="ceus", params={"k": 1, "window": 8}),
+           EngineConfig(name="ekf", source="lorenz")]
+
+
+def _run(cfg, seconds, record=None):
+    s = Session(cfg, record=record)
+    s.start()
+    s.run(seconds)
+    s.stop()
+    return s.status()
+
+
+@pytest.mark.slow
+def test_session_records_every_item_and_every_result(tmp_path):
+    path = tmp_path / "live.h5"
+    st = _run(SessionConfig(sources=SMALL, engines=ENGINES), 2.0, path)
+    assert st.sources["ceus"]["items"] >= 150 and st.sources["lorenz"]["items"] >= 300
+    assert st.engines["svd-filter"]["results"] > 20 and st.engines["ekf"]["results"] > 300
+    with RecordingReader(path) as rec:
+        for name, src in st.sources.items():
+            assert rec.n_items(name) == src["items"]
+            idx = rec.arrays(name)["index"]
+            assert np.array_equal(idx, np.arange(len(idx)))  # nothing lost, in order
+        for engine, e in st.engines.items():
+            assert len(rec.result_arrays(e["stream"], engine)["index"]) == e["results"]
+    # the EKF filters: its error is far below the observation noise (r2 = 1 -> 0 dB)
+    assert st.engines["ekf"]["mse_db_overall"] < -3.0
+    assert np.isfinite(st.engines["svd-filter"]["mse_db_overall"])
+
+
+@pytest.mark.slow
+def test_replay_reproduces_the_live_outputs_of_deterministic_engines(tmp_path):
+    live, again = tmp_path / "live.h5", tmp_path / "replay.h5"
+    _run(SessionConfig(sources=SMALL, engines=ENGINES), 2.0, live)
+    cfg = replay_config(live, speed=2.0)
+    assert {e.name for e in cfg.engines} == {"svd-filter", "ekf"}
+    st = _run(cfg, 10.0, again)  # ends when the replay ends
+    assert all(s["state"] == "ended" for s in st.sources.values())
+    cmp = compare_results(live, again)
+    assert set(cmp) == {"ceus/svd-filter", "lorenz/ekf"}
+    for key, c in cmp.items():
+        assert c["common"] > 10, key
+        assert c["max_abs_diff"] == 0.0, key
+
+
+class _Broken(SVDFilter):
+    """An SVD filter that fails on its third real call (after the warm-up)."""
+
+    def __init__(self):
+        super().__init__(k=1, window=4)
+        self.calls = 0
+
+    def __call__(self, x):
+        self.calls += 1
+        if self.calls == 4:
+            raise RuntimeError("simulated fault in the engine")
+        return super().__call__(x)
+
+
+@pytest.mark.slow
+def test_an_engine_that_raises_is_stopped_and_the_others_go_on():
+    register("broken-filter", lambda *, backend="auto": _Broken())
+    cfg = SessionConfig(sources=SMALL, engines=[
+        EngineConfig(name="broken-filter", source="ceus"),
+        EngineConfig(name="svd-filter", source="ceus", params={"k": 1, "window": 4}),
+        EngineConfig(name="ekf", source="lorenz")])
+    st = _run(cfg, 1.5)
+    assert st.engines["broken-filter"]["state"] == "failed"
+    assert "simulated fault" in st.engines["broken-filter"]["error"]
+    assert st.engines["broken-filter"]["results"] == 2
+    assert st.engines["svd-filter"]["state"] == "stopped"
+    assert st.engines["svd-filter"]["results"] > 50 and st.engines["ekf"]["results"] > 200
+
+
+def test_an_engine_on_the_wrong_kind_of_source_is_a_session_error():
+    cfg = SessionConfig(sources=SMALL, engines=[EngineConfig(name="ekf", source="ceus")])
+    with pytest.raises(SessionError, match="needs a samples source"):
+        Session(cfg).start()
+
+
+def test_an_engine_without_a_source_reads_the_first_source_of_its_kind():
+    s = Session(SessionConfig(sources=SMALL, engines=[EngineConfig(name="ekf")]))
+    s.start()
+    s.stop()
+    assert s.bindings == {"ekf": "lorenz"}
+
+
+def test_engine_info_is_declared_for_the_metrics_view():
+    info = SVDFilter().info
+    assert isinstance(info, EngineInfo) and info.family == "model-based"
