@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -515,6 +516,14 @@ def _open_series(group: h5py.Group, rows: dict[str, tuple[int, ...]], where: str
     return _Series(group, datasets)
 
 
+def _columns(series: _Series, n: int, fields: Sequence[str] | None, where: str) -> dict:
+    names = list(series.datasets) if fields is None else list(fields)
+    missing = [f for f in names if f not in series.datasets]
+    if missing:
+        raise FormatError(f"{where}: no column(s) {', '.join(missing)}")
+    return {name: series.datasets[name][:n] for name in names}
+
+
 class RecordingReader:
     """Reads a recording, also one still being written or left by a killed writer.
 
@@ -636,11 +645,12 @@ class RecordingReader:
             return Frame(index=index, t=t, data=ds["data"][i], truth=truth, t_host=t_host)
         return Sample(index=index, t=t, value=ds["data"][i], truth=truth, t_host=t_host)
 
-    def arrays(self, stream: str) -> dict[str, np.ndarray]:
-        """Every readable row of `stream`: t, index, t_host, data, truth/<key>."""
+    def arrays(self, stream: str, fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Every readable row of `stream`: t, index, t_host, data, truth/<key> (or only
+        `fields`, so that reading the timeline of a GB recording does not load its frames)."""
         series = self._stream(stream)
         n = self._update(series, f"{self.path}: stream {stream!r}")
-        return {name: ds[:n] for name, ds in series.datasets.items()}
+        return _columns(series, n, fields, f"{self.path}: stream {stream!r}")
 
     def _result(self, stream: str, engine: str) -> _Series:
         if (stream, engine) not in self._results:
@@ -653,11 +663,14 @@ class RecordingReader:
         self._result(stream, engine)
         return self._result_infos[(stream, engine)]
 
-    def result_arrays(self, stream: str, engine: str) -> dict[str, np.ndarray]:
-        """Every readable result row: index, t, data, latency, t_host and cov if recorded."""
+    def result_arrays(
+        self, stream: str, engine: str, fields: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Every readable result row: index, t, data, latency, t_host and cov if recorded
+        (or only `fields`)."""
         series = self._result(stream, engine)
         n = self._update(series, f"{self.path}: results {stream}/{engine}")
-        return {name: ds[:n] for name, ds in series.datasets.items()}
+        return _columns(series, n, fields, f"{self.path}: results {stream}/{engine}")
 
     def close(self) -> None:
         self._file.close()
@@ -684,6 +697,9 @@ class ReplaySource(SourceBase):
     increasing (by one recording's span per lap) so the stream looks continuous.
     `info` is the recorded SourceInfo under this source's URI, its meta gaining
     "recorded_uri". `t_host` is stamped when the item is read, like a live source.
+
+    Playback controls (`pause`, `resume`, `step`, `seek`, `set_speed`, `position`) may
+    be called from any thread (the GUI's) while the acquisition thread reads.
     """
 
     def __init__(
@@ -702,6 +718,10 @@ class ReplaySource(SourceBase):
         self.speed = speed
         self.loop = loop
         self._reader: RecordingReader | None = None
+        self._lock = threading.Lock()
+        self._paused = False
+        self._steps = 0  # items to release while paused
+        self._t_anchor = 0.0  # recorded time (lap-adjusted) that plays at _t0_host
 
     def open(self) -> None:
         if self._reader is not None:
@@ -752,35 +772,81 @@ class ReplaySource(SourceBase):
             raise SourceError(f"{self.uri}: no stream {self.stream!r}; streams: {listed}")
         return self.stream
 
+    # ---- playback controls (any thread) ----------------------------------------------
+    def pause(self) -> None:
+        with self._lock:
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._lock:
+            self._paused, self._steps, self._t0_host = False, 0, None
+
+    def step(self, n: int = 1) -> None:
+        """While paused, release the next `n` items at once."""
+        with self._lock:
+            self._steps += max(int(n), 0)
+
+    def seek(self, k: int) -> None:
+        """Continue from item k of the recording (clipped to the recording)."""
+        with self._lock:
+            self._k = min(max(int(k), 0), max(self._n - 1, 0))
+            self._t0_host = None
+
+    def set_speed(self, speed: float) -> None:
+        if not (speed >= 0 and math.isfinite(speed)):
+            raise SourceError(f"{self.uri}: speed must be a finite number >= 0, got {speed}")
+        with self._lock:
+            self.speed, self._t0_host = speed, None
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def position(self) -> tuple[int, int]:
+        """(next item, items in the recording)."""
+        return self._k, self._n
+
     def read(self, timeout: float = 0.1) -> Item | None:
-        """The next item when due, None if not due within `timeout`; SourceEnded at the end."""
+        """The next item when due, None if not due within `timeout` (or paused);
+        SourceEnded at the end."""
         if self._reader is None:
             raise SourceError(f"{self.uri}: source is not open")
-        if self._k == self._n:
-            if not self.loop or self._n == 0:
-                raise SourceEnded(f"{self.uri}: end of recording ({self._n} items)")
-            self._k = 0
-            self._lap += 1
-        t = float(self._t[self._k]) + self._lap * self._lap_t
-        if self.speed > 0:
-            now = time.monotonic()
-            if self._t0_host is None:
-                self._t0_host = now
-            due = self._t0_host + (t - float(self._t[0])) / self.speed
-            if due - now > timeout:
-                time.sleep(max(timeout, 0.0))
-                return None
-            if due > now:
-                time.sleep(due - now)
-        try:
-            item = self._reader.item(self.stream, self._k)
-        except (OSError, RuntimeError) as e:
-            raise SourceError(f"{self.uri}: cannot read item {self._k}: {e}") from e
-        item.index += self._lap * self._lap_index
-        item.t = t
-        item.t_host = time.monotonic()
-        self._k += 1
-        return item
+        with self._lock:
+            wait = 0.0
+            if self._paused and self._steps == 0:
+                wait = max(timeout, 1e-3)  # nothing to deliver until resume() or step()
+            else:
+                if self._k == self._n:
+                    if not self.loop or self._n == 0:
+                        raise SourceEnded(f"{self.uri}: end of recording ({self._n} items)")
+                    self._k = 0
+                    self._lap += 1
+                t = float(self._t[self._k]) + self._lap * self._lap_t
+                if self.speed > 0 and not self._paused:
+                    now = time.monotonic()
+                    if self._t0_host is None:  # (re)anchor after open, resume, seek, speed
+                        self._t0_host, self._t_anchor = now, t
+                    wait = self._t0_host + (t - self._t_anchor) / self.speed - now
+        if wait > 0 and wait >= timeout:
+            time.sleep(max(timeout, 0.0))
+            return None
+        if wait > 0:
+            time.sleep(wait)  # outside the lock: the GUI's controls never wait on playback
+        with self._lock:
+            k = self._k
+            if (self._paused and self._steps == 0) or k == self._n:
+                return None  # paused or sought while sleeping: the next read decides
+            try:
+                item = self._reader.item(self.stream, k)
+            except (OSError, RuntimeError) as e:
+                raise SourceError(f"{self.uri}: cannot read item {k}: {e}") from e
+            item.index += self._lap * self._lap_index
+            item.t = float(self._t[k]) + self._lap * self._lap_t
+            item.t_host = time.monotonic()
+            self._k = k + 1
+            if self._paused:
+                self._steps -= 1
+            return item
 
     def close(self) -> None:
         if self._reader is not None:

@@ -1,10 +1,13 @@
 """`mbdl`: the command line of MBDL Studio.
 
     mbdl                      the GUI (headless default session when no display/GUI)
+    mbdl gui [--config F]
     mbdl run [--config F] [--source URI ...] [--engine NAME ...] [--duration S] [--record F]
     mbdl replay FILE [--engine NAME ...] [--speed X] [--record F] [--compare]
     mbdl info FILE
-    mbdl bench session
+    mbdl devices [--json]
+    mbdl export FILE [--out DIR] [--format ome.tif|seq.mha|csv ...]
+    mbdl bench session | serial | gui
 
 Errors print one line naming the input and the problem and exit with code 2;
 `--debug` shows the traceback.
@@ -174,6 +177,92 @@ def info(file: Annotated[Path, typer.Argument(help="A recording (.h5).")]) -> No
     from mbdl_app.replay import describe_json
 
     print(describe_json(file))
+
+
+@app.command()
+def devices(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Cameras and serial ports found here, and whether each can be opened."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from drivers.discovery import list_devices
+
+    found = list_devices()
+    if as_json:
+        print(json.dumps(found, indent=2))
+        return
+    table = Table(title="Devices")
+    for col in ("kind", "uri", "name", "opens", "error"):
+        table.add_column(col)
+    for d in found:
+        table.add_row(d["kind"], d["uri"], str(d.get("name") or ""), "yes" if d["opens"] else "no",
+                      str(d.get("error") or ""))
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    if not found:
+        print("no cameras or serial ports found")
+
+
+@app.command()
+def export(
+    file: Annotated[Path, typer.Argument(help="A recording (.h5).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("export"),
+    fmt: Annotated[list[str] | None, typer.Option("--format", "-f",
+                   help="ome.tif (frames), seq.mha (frames, 3D Slicer), csv (tracks).")] = None,
+) -> None:
+    """Export a recording: frames to OME-TIFF / .seq.mha, tracks and results to CSV."""
+    from drivers.export import export_recording
+
+    for path in export_recording(file, out, tuple(fmt) if fmt else ("ome.tif", "csv")):
+        print(path)
+
+
+@bench_app.command("serial")
+def bench_serial(
+    out: Annotated[Path, typer.Option(help="Folder for the JSON report.")] = Path("bench_out"),
+    rate: Annotated[float, typer.Option(help="Lines per second.")] = 1000.0,
+    duration: Annotated[float, typer.Option(help="Seconds.")] = 60.0,
+) -> None:
+    """A pty-backed serial sensor at RATE lines/s: lost lines and parse latency."""
+    from mbdl_app.bench.serial_bench import run_serial_bench
+
+    rep = run_serial_bench(out, rate=rate, duration=duration)
+    raise typer.Exit(0 if rep.get("lost", 1) == 0 else 1)
+
+
+@app.command()
+def gui(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Session TOML file.")] = None,
+) -> None:
+    """The desktop GUI on a session config (default: the embedded session)."""
+    from mbdl_app.launch import display_available, gui_entry
+
+    run_gui = gui_entry("run")
+    if run_gui is None:
+        raise AppError("the GUI is not installed here (pip install 'mbdl-studio[gui]')")
+    if not display_available():
+        raise AppError("no display found (DISPLAY/WAYLAND_DISPLAY unset); use `mbdl run` "
+                       "for a headless session, or set QT_QPA_PLATFORM=offscreen")
+    if config is not None:
+        load_config(config)  # a malformed config is a one-line error before Qt starts
+    raise typer.Exit(run_gui(config))
+
+
+@bench_app.command("gui")
+def bench_gui(
+    out: Annotated[Path, typer.Option(help="Folder for the JSON report.")] = Path("bench_out"),
+    duration: Annotated[float, typer.Option(help="Seconds measured (after a 3 s warm-up).")] = 30.0,
+) -> None:
+    """GUI display rate and event-loop lag on the default session (offscreen if no display)."""
+    from mbdl_app.launch import gui_entry
+
+    bench = gui_entry("bench")
+    if bench is None:
+        raise AppError("the GUI is not installed here (pip install 'mbdl-studio[gui]')")
+    raise typer.Exit(bench(out, duration))
 
 
 @bench_app.command("session")

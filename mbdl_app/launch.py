@@ -22,11 +22,12 @@ def display_available() -> bool:
     return True
 
 
-def gui_entry() -> Callable[[], int] | None:
-    """The GUI's `run_gui()` when the GUI and Qt are installed, else None."""
+def gui_entry(name: str = "run") -> Callable[..., int] | None:
+    """The GUI's entry `name` ("run": run_gui, "bench": run_gui_bench) when the GUI
+    and Qt are installed, else None."""
     if importlib.util.find_spec("PySide6") is None:
         return None
-    for ep in entry_points(group="mbdl.gui"):
+    for ep in entry_points(group="mbdl.gui", name=name):
         try:
             return ep.load()
         except ImportError:

@@ -53,16 +53,17 @@ def describe(path: str | Path) -> dict:
                 "created": rec.created, "versions": rec.versions, "streams": {}, "results": {}}
         for s in rec.streams:
             si = rec.info(s)
-            t = rec.arrays_t(s) if hasattr(rec, "arrays_t") else rec.arrays(s)["t"]
+            t = rec.arrays(s, ["t"])["t"]
             info["streams"][s] = {
                 "uri": si.uri, "kind": si.kind, "shape": list(si.shape), "rate_hz": si.rate_hz,
                 "items": rec.n_items(s), "duration_s": float(t[-1] - t[0]) if len(t) else 0.0,
                 "truth": sorted(si.truth_shapes)}
         for stream, engine in rec.results:
-            r = rec.result_arrays(stream, engine)
+            r = rec.result_arrays(stream, engine, ["index", "latency"])
             lat = r["latency"]
             info["results"][f"{stream}/{engine}"] = {
-                "results": int(len(r["index"])), "shape": list(r["data"].shape[1:]),
+                "results": int(len(r["index"])),
+                "shape": list(rec.result_info(stream, engine).get("shape", [])),
                 "latency_p50_ms": float(np.median(lat) * 1e3) if len(lat) else None}
         info["config"] = rec.config
     return info

@@ -39,7 +39,7 @@ def _recorded_run(name: str, cfg: SessionConfig, duration: float, out: Path) -> 
            "recorder": st.recorder, "file_mb": path.stat().st_size / 2**20}
     with RecordingReader(path) as rec:
         rep["in_file"] = {s: rec.n_items(s) for s in rec.streams}
-        rep["results_in_file"] = {f"{s}/{e}": len(rec.result_arrays(s, e)["index"])
+        rep["results_in_file"] = {f"{s}/{e}": len(rec.result_arrays(s, e, ["index"])["index"])
                                   for s, e in rec.results}
     checks = {}
     for s, src in st.sources.items():

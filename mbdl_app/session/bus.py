@@ -90,10 +90,11 @@ class ResultBus:
         self._hist_len = history
         self._seq = 0  # bumps on every publish, so pullers can tell "nothing new"
 
-    def register(self, stats: EngineStats) -> None:
+    def register(self, stats: EngineStats, history: int | None = None) -> None:
+        """Add an engine; `history` = results kept (default: the bus's)."""
         with self._lock:
             self._stats[stats.engine] = stats
-            self._history[stats.engine] = deque(maxlen=self._hist_len)
+            self._history[stats.engine] = deque(maxlen=history or self._hist_len)
 
     def publish(self, r: Result, skipped: int = 0) -> None:
         with self._lock:

@@ -97,5 +97,6 @@ class Recorder(threading.Thread):
         self._halt.set()
         self.join(timeout)
 
-    def counts(self) -> dict:
-        return dict(self.writer.counts)
+    def counts(self) -> dict[str, int]:
+        """Rows written: "stream" for items, "stream/engine" for results."""
+        return {k if isinstance(k, str) else "/".join(k): v for k, v in self.writer.counts.items()}

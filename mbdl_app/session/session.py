@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
@@ -29,6 +30,7 @@ from drivers.errors import DriverError
 from drivers.recording import ResultSpec
 from engines.load import accepted_params
 from mbdl_app import __version__
+from mbdl_app.catalog import engine_kind
 from mbdl_app.config import EngineConfig, SessionConfig
 from mbdl_app.errors import SessionError
 from mbdl_app.session.bus import EngineStats, ResultBus
@@ -53,7 +55,7 @@ def with_param(uri: str, key: str, value) -> str:
 
 
 def is_tracker(engine) -> bool:
-    return callable(getattr(engine, "step", None)) and callable(getattr(engine, "reset", None))
+    return engine_kind(engine) == "samples"
 
 
 @dataclass
@@ -82,6 +84,8 @@ class _Stream:
 class Session:
     """One live run. Build with a SessionConfig; `start()`, poll `status()`, `stop()`."""
 
+    SAMPLE_HISTORY = 2000  # recent samples kept per stream for track views
+
     def __init__(self, config: SessionConfig, record: str | Path | None = None) -> None:
         self.config = config
         self.record_path = Path(record) if record else (
@@ -91,9 +95,14 @@ class Session:
         self.engines: dict[str, object] = {}
         self.bindings: dict[str, str] = {}  # engine label -> source name
         self.recorder: Recorder | None = None
+        self._last_recording: Recorder | None = None  # for the final status after stop
+        self._rec_lock = threading.Lock()
+        self._specs: list[ResultSpec] = []
+        self._artifacts: dict[str, str] = {}
         self._workers: list[EngineWorker] = []
         self._acq: list[AcquisitionThread] = []
         self._rings: list[FrameRing | SampleQueue] = []
+        self._recent: dict[str, deque] = {}  # newest items per stream, for views
         self._stop = threading.Event()
         self._t_start = float("nan")
         self._started = False
@@ -111,7 +120,10 @@ class Session:
 
     def _resolve_source(self, ec: EngineConfig, engine) -> str:
         """The source an engine reads: as configured, else the first of the right kind."""
-        want = "samples" if is_tracker(engine) else "frames"
+        want = engine_kind(engine)
+        if want == "vectors":
+            raise SessionError(f"engine {ec.label!r} ({ec.name}) works on vectors (N, m), "
+                               "which no live stream gives; use it offline")
         if ec.source is not None:
             info = self.streams[ec.source].info
             if info.kind != want:
@@ -166,8 +178,10 @@ class Session:
                 engine, source = self._build_engine(ec)
                 info = engine.info
                 self.bindings[ec.label] = source
+                # trackers keep a trajectory for the views; imaging results are large
+                history = 1000 if is_tracker(engine) else 4
                 self.bus.register(EngineStats(ec.label, source, info.family, info.task,
-                                              info.backend))
+                                              info.backend), history)
                 try:
                     shape, cov = self._warm_up(ec.label, engine, self.streams[source].info)
                 except Exception as e:
@@ -180,19 +194,15 @@ class Session:
                 specs.append(ResultSpec(source, ec.label, shape, cov, info={
                     "name": info.name, "family": info.family, "task": info.task,
                     "backend": info.backend, "window": info.window,
-                    "params": ec.params, "n_params": info.n_params}))
+                    "params": ec.params, "n_params": info.n_params, "shape": list(shape)}))
+            self._specs, self._artifacts = specs, artifacts
+            self._wire()
             if self.record_path is not None:
-                self.recorder = Recorder(
-                    self.record_path, {n: s.info for n, s in self.streams.items()}, specs,
-                    config=self.resolved_config().to_toml_dict(),
-                    versions={"app": __version__, "engines": artifacts})
+                self.start_recording(self.record_path)
         except BaseException:
             self._close_sources()
             raise
-        self._wire()
         self._t_start = time.monotonic()
-        if self.recorder:
-            self.recorder.start()
         for w in self._workers:
             w.start()
         for a in self._acq:
@@ -204,9 +214,46 @@ class Session:
                     for ec in self.config.engines]
         return self.config.model_copy(update={"engines": engines_})
 
+    def start_recording(self, path: str | Path) -> None:
+        """Record every item and result from now on into a new file at `path`.
+
+        Raises RecordingError (naming the path) if the file cannot be created; the
+        session goes on unrecorded then.
+        """
+        if self.recorder is not None:
+            raise SessionError(f"already recording to {self.recorder.path}")
+        rec = Recorder(path, {n: s.info for n, s in self.streams.items()}, self._specs,
+                       config=self.resolved_config().to_toml_dict(),
+                       versions={"app": __version__, "engines": self._artifacts})
+        rec.start()
+        self.record_path, self.recorder = Path(path), rec
+
+    def stop_recording(self) -> Path | None:
+        """Write out everything queued and close the file; returns its path."""
+        with self._rec_lock:
+            rec, self.recorder = self.recorder, None
+        if rec is None:
+            return None
+        rec.stop()
+        self._last_recording = rec
+        return rec.path
+
+    def _record_item(self, stream: str, item) -> None:
+        with self._rec_lock:  # stop_recording() cannot slip between the check and the put
+            if self.recorder is not None:
+                self.recorder.put_item(stream, item)
+
+    def _record_result(self, result) -> None:
+        with self._rec_lock:
+            if self.recorder is not None:
+                self.recorder.put_result(result)
+
     def _wire(self) -> None:
-        rec = self.recorder
-        on_result = rec.put_result if rec else None
+        # the recorder's consumer comes first: an item is queued for the file before
+        # any engine can produce a result from it
+        for name, stream in self.streams.items():
+            stream.consumers.append(lambda item, n=name: self._record_item(n, item))
+        on_result = self._record_result
         for label, engine in self.engines.items():
             source = self.bindings[label]
             if is_tracker(engine):
@@ -221,10 +268,20 @@ class Session:
             self._rings.append(q)
             self._workers.append(w)
         for name, stream in self.streams.items():
-            if rec:
-                stream.consumers.append(lambda item, n=name: rec.put_item(n, item))
+            keep = 2 if stream.info.kind == "frames" else self.SAMPLE_HISTORY
+            recent = self._recent[name] = deque(maxlen=keep)
+            stream.consumers.append(recent.append)
             self._acq.append(AcquisitionThread(stream.source, stream.stats, stream.consumers,
                                                self._stop, stream.speed))
+
+    def latest_item(self, stream: str):
+        """The newest Frame/Sample of `stream`, or None before the first (any thread)."""
+        recent = self._recent.get(stream)
+        return recent[-1] if recent else None
+
+    def recent_items(self, stream: str) -> list:
+        """The last items of `stream` (2 frames or SAMPLE_HISTORY samples), oldest first."""
+        return list(self._recent.get(stream, ()))
 
     # ---- running ----------------------------------------------------------------------
     @property
@@ -258,8 +315,7 @@ class Session:
         for w in self._workers:
             w.join(10.0)
         self._close_sources()
-        if self.recorder:
-            self.recorder.stop()
+        self.stop_recording()
 
     def _close_sources(self) -> None:
         for s in self.streams.values():
@@ -277,8 +333,8 @@ class Session:
 
     def status(self) -> SessionStatus:
         rec = None
-        if self.recorder:
-            r = self.recorder
+        r = self.recorder or self._last_recording
+        if r is not None:
             rec = {"path": str(r.path), "state": r.state, "error": r.error,
                    "backlog": r.backlog, "max_backlog": r.max_backlog, "written": r.counts()}
         return SessionStatus(

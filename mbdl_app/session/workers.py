@@ -173,22 +173,34 @@ class ImagingWorker(EngineWorker):
 
 
 class TrackerWorker(EngineWorker):
-    """Steps a tracker through every sample of its stream, in order."""
+    """Steps a tracker through every sample of its stream, in order.
+
+    A backward jump of the index (a replay sought back, a recording looped) restarts
+    the filter from its prior; on stop, the samples already queued are still filtered.
+    """
 
     def __init__(self, *args, queue: SampleQueue, **kw) -> None:
         super().__init__(*args, **kw)
         self.queue = queue
+        self._dropped = 0
+        self._last_index: int | None = None
 
     def _loop(self) -> None:
-        dropped = 0
         while not self._halt.is_set():
-            for s in self.queue.drain(timeout=0.1):
-                t_start = time.monotonic()
-                est = self.engine.step(s.value[None])
-                t_end = time.monotonic()
-                mean = est.mean[0]
-                cov = None if est.cov is None else est.cov[0]
-                mse = squared_error(mean, s.truth.get(self.truth_key)) if self.truth_key else None
-                skipped, dropped = self.queue.dropped - dropped, self.queue.dropped
-                self._emit(Result(self.label, self.stream, s.index, s.t, mean,
-                                  s.t_host, t_start, t_end, cov=cov, mse=mse), skipped)
+            self._filter(self.queue.drain(timeout=0.1))
+        self._filter(self.queue.drain(timeout=0.0))
+
+    def _filter(self, samples) -> None:
+        for s in samples:
+            if self._last_index is not None and s.index <= self._last_index:
+                self.engine.reset(1)
+            self._last_index = s.index
+            t_start = time.monotonic()
+            est = self.engine.step(s.value[None])
+            t_end = time.monotonic()
+            mean = est.mean[0]
+            cov = None if est.cov is None else est.cov[0]
+            mse = squared_error(mean, s.truth.get(self.truth_key)) if self.truth_key else None
+            skipped, self._dropped = self.queue.dropped - self._dropped, self.queue.dropped
+            self._emit(Result(self.label, self.stream, s.index, s.t, mean,
+                              s.t_host, t_start, t_end, cov=cov, mse=mse), skipped)

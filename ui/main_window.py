@@ -1,0 +1,275 @@
+"""The main window: dockable views of the running session, controls, metrics, log.
+
+Thin by design: all state lives in the Qt-free Studio; this window pulls the newest
+results through the SessionBridge timer and turns every error into a status-bar
+message and a log line, never a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import QDockWidget, QFileDialog, QLabel, QMainWindow, QWidget
+
+from mbdl_app.studio import Studio
+from ui.bridge import SessionBridge
+from ui.panels.control_panel import ControlPanel
+from ui.panels.log_panel import LogPanel
+from ui.views.image_grid import ImageGridView
+from ui.views.metrics_view import MetricsView
+from ui.views.track_view import TrackView
+
+log = logging.getLogger(__name__)
+SETTINGS_VERSION = 2
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, studio: Studio, settings: QSettings | None = None) -> None:
+        super().__init__()
+        self.studio = studio
+        self.settings = settings or QSettings("MBDL", "Studio")
+        self.setWindowTitle("MBDL Studio")
+        self.resize(1500, 950)
+        # The views dock inside a stage (an inner main window in the centre), so they
+        # take all the room the controls leave and can still be moved, split, floated.
+        self.stage = QMainWindow()
+        self.stage.setDockNestingEnabled(True)
+        placeholder = QWidget()
+        placeholder.setMaximumSize(0, 0)
+        self.stage.setCentralWidget(placeholder)
+        self.setCentralWidget(self.stage)
+
+        self.views: dict[str, tuple[QDockWidget, QWidget]] = {}
+        self.metrics = MetricsView()
+        self.control = ControlPanel(studio)
+        self.log_panel = LogPanel()
+        metrics = self._dock("metrics", "Metrics", self.metrics, Qt.DockWidgetArea.BottomDockWidgetArea)
+        control = self._dock("control", "Session", self.control, Qt.DockWidgetArea.LeftDockWidgetArea)
+        logs = self._dock("log", "Log", self.log_panel, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self._fixed_docks = (control, metrics, logs)
+        self._laid_out = False
+        self.rec_label = QLabel()
+        self.statusBar().addPermanentWidget(self.rec_label)
+        self._reported: set[str] = set()
+
+        self.bridge = SessionBridge(studio, parent=self)
+        self.bridge.tick.connect(self._refresh_views)
+        self.bridge.stats.connect(self._on_stats)
+        self.bridge.changed.connect(self._on_changed)
+        self.control.apply_requested.connect(self._apply)
+        self.control.record_toggled.connect(self._toggle_record)
+        self.control.open_requested.connect(self._open_dialog)
+        self.control.snapshot_requested.connect(self._snapshot_dialog)
+        self._actions()
+        self._restore()
+        self.bridge.start()
+
+    # ---- building ------------------------------------------------------------------
+    def _dock(self, key: str, title: str, widget: QWidget, area, host: QMainWindow | None = None
+              ) -> QDockWidget:
+        host = host if host is not None else self
+        dock = QDockWidget(title, host)
+        dock.setObjectName(f"dock:{key}")
+        dock.setWidget(widget)
+        host.addDockWidget(area, dock)
+        return dock
+
+    def _actions(self) -> None:
+        def act(text, keys, slot):
+            a = QAction(text, self)
+            a.setShortcut(QKeySequence(keys))
+            a.setShortcutContext(Qt.ShortcutContext.ApplicationShortcut)
+            a.triggered.connect(slot)
+            self.addAction(a)
+            return a
+
+        act("Start", "F5", lambda: self._apply(None))
+        act("Stop", "Shift+F5", lambda: self.guard("stop", self.studio.stop))
+        act("Record", "Ctrl+R", lambda: self.control.record_btn.toggle())
+        act("Open recording", "Ctrl+O", self._open_dialog)
+        act("Play/pause", "Space", self.control.toggle_play)
+        act("Step", "Right", lambda: self.studio.step(1))
+        act("Back to live", "Ctrl+L", lambda: self.guard("back to live", self.studio.back_to_live))
+        act("Snapshot", "Ctrl+Shift+S", self._snapshot_dialog)
+        act("Quit", "Ctrl+Q", self.close)
+
+    def _sync_views(self) -> None:
+        """One dock per stream: imaging grid for frames, track view for samples."""
+        session = self.studio.session
+        if session is None:
+            return
+        wanted = {}
+        for name, stream in session.streams.items():
+            labels = [e for e, src in session.bindings.items() if src == name]
+            wanted[name] = (stream.info.kind, labels, stream.info)
+        for name, (kind, labels, info) in wanted.items():
+            cls = ImageGridView if kind == "frames" else TrackView
+            entry = self.views.get(name)
+            if entry is None or not isinstance(entry[1], cls):
+                if entry is not None:
+                    self.stage.removeDockWidget(entry[0])
+                    entry[0].deleteLater()
+                view = cls(name)
+                title = f"{'Imaging' if kind == 'frames' else 'Tracking'}: {name}"
+                dock = self._dock(f"view:{name}", title, view, Qt.DockWidgetArea.TopDockWidgetArea,
+                                  host=self.stage)
+                self.views[name] = entry = (dock, view)
+                if kind == "frames":
+                    view.set_colormap(self.settings.value("colormap", "inferno"))
+            dock, view = entry
+            dock.show()
+            if kind == "frames":
+                families = {e: session.engines[e].info.family for e in labels}
+                view.rebuild(labels, "bubbles" in info.truth_shapes, families)
+            else:
+                view.rebuild(labels)
+        for name, (dock, _) in self.views.items():
+            if name not in wanted:
+                dock.hide()
+        if not self._laid_out and self.views:
+            self._laid_out = True
+            QTimer.singleShot(0, self._default_layout)
+
+    def _default_layout(self) -> None:
+        """Views large on the right (imaging above tracking), controls left, metrics below."""
+        if getattr(self, "_pending_state", None) is not None:
+            return  # the user's saved layout wins
+        control, metrics, logs = self._fixed_docks
+        self.tabifyDockWidget(metrics, logs)  # takes effect only once the window is shown
+        metrics.raise_()
+        docks = [d for d, _ in self.views.values() if d.isVisible()]
+        for upper, lower in zip(docks, docks[1:], strict=False):
+            self.stage.splitDockWidget(upper, lower, Qt.Orientation.Vertical)
+        self.resizeDocks([metrics], [max(170, self.height() // 5)], Qt.Orientation.Vertical)
+
+    # ---- the pull loop ------------------------------------------------------------------
+    def _refresh_views(self) -> None:
+        session = self.studio.session
+        if session is None:
+            return
+        for name, (dock, view) in self.views.items():
+            if dock.isVisible() and name in session.streams:
+                try:
+                    view.refresh(session)
+                except Exception as e:  # a view's bug must not take the app down
+                    self.report(f"view {name}: {type(e).__name__}: {e}")
+        self.control.update_position()
+
+    def _on_stats(self, st) -> None:
+        self.metrics.update_stats(st)
+        for _, view in self.views.values():
+            if isinstance(view, ImageGridView):
+                view.set_titles(st.engines)
+        for name, e in st.engines.items():
+            if e["state"] == "failed" and name not in self._reported:
+                self._reported.add(name)
+                self.report(e["error"] or f"engine {name} failed")
+        for name, s in st.sources.items():
+            key = f"source:{name}:{s['errors']}:{s['state']}"
+            if s["state"] in ("failed", "error") and key not in self._reported:
+                self._reported.add(key)
+                self.report(s["error"] or f"source {name} {s['state']}")
+
+    def _on_changed(self) -> None:
+        self._reported.clear()
+        self._sync_views()
+        self.control.sync_state()
+        st = self.studio
+        self.rec_label.setText(f"● REC {st.recording_path.name}" if st.recording_path else "")
+        self.rec_label.setStyleSheet("color: #e06c6c" if st.recording_path else "")
+
+    # ---- actions -------------------------------------------------------------------------
+    def report(self, message: str) -> None:
+        """An error for the user: status bar + log; the app keeps running."""
+        first = message.splitlines()[0] if message else "error"
+        self.statusBar().showMessage(first, 15000)
+        log.error("%s", first)
+
+    def guard(self, what: str, fn, *args):
+        """Run a studio action; any error becomes a one-line report."""
+        try:
+            return fn(*args)
+        except Exception as e:
+            self.report(f"{what}: {e}")
+            return None
+
+    def _apply(self, config) -> None:
+        if config is None:  # Start: the current config
+            self.guard("start", self.studio.start)
+        else:
+            self.guard("apply", lambda: (self.studio.apply(config), self.studio.start()))
+        self.control.sync()
+
+    def _toggle_record(self, on: bool) -> None:
+        if not on:
+            path = self.guard("stop recording", self.studio.stop_recording)
+            if path:
+                self.statusBar().showMessage(f"recorded {path}", 8000)
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Record session to", "session.h5", "HDF5 (*.h5)")
+        if path:
+            self.record_to(path)
+        else:
+            self.control.sync_state()
+
+    def record_to(self, path: str | Path) -> None:
+        self.guard("record", self.studio.start_recording, path)
+        self.control.sync_state()
+
+    def _open_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open recording", "", "HDF5 (*.h5)")
+        if path:
+            self.open_recording(path)
+
+    def open_recording(self, path: str | Path) -> None:
+        self.guard("open recording", self.studio.open_recording, path)
+        self.control.sync()
+
+    def _snapshot_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save snapshot", "snapshot.png", "PNG (*.png)")
+        if path:
+            self.snapshot(path)
+
+    def snapshot(self, path: str | Path, widget: QWidget | None = None) -> bool:
+        """Save the window (or one widget) as PNG."""
+        ok = (widget or self).grab().save(str(path), "PNG")
+        if not ok:
+            self.report(f"snapshot: cannot write {path}")
+        return ok
+
+    # ---- settings -------------------------------------------------------------------------
+    def _restore(self) -> None:
+        if self.settings.value("version", 0, int) != SETTINGS_VERSION:
+            return
+        geo = self.settings.value("geometry")
+        if geo is not None:
+            self.restoreGeometry(geo)
+        self._pending_state = (self.settings.value("state"), self.settings.value("stage_state"))
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        state = getattr(self, "_pending_state", None)
+        if state is not None and state[0] is not None:  # view docks exist once the session runs
+            QTimer.singleShot(300, lambda: (self.restoreState(state[0]),
+                                            state[1] is not None and self.stage.restoreState(state[1])))
+            self._pending_state = None
+
+    def save_settings(self) -> None:
+        self.settings.setValue("version", SETTINGS_VERSION)
+        self.settings.setValue("geometry", self.saveGeometry())
+        self.settings.setValue("state", self.saveState())
+        self.settings.setValue("stage_state", self.stage.saveState())
+        for _, view in self.views.values():
+            if isinstance(view, ImageGridView):
+                self.settings.setValue("colormap", view.colormap.currentText())
+        self.settings.sync()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        self.save_settings()
+        self.bridge.stop()
+        self.guard("stop", self.studio.stop)
+        self.log_panel.detach()
+        super().closeEvent(event)

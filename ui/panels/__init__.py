@@ -1,0 +1,1 @@
+"""Side panels: session control, replay transport, log."""

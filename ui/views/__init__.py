@@ -1,0 +1,1 @@
+"""The session's views: imaging grids, track overlays, metrics."""

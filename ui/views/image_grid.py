@@ -1,0 +1,170 @@
+"""Imaging view: a grid of synchronized panels for one frame stream.
+
+Input (B-mode), every engine on the stream side by side, and the truth when known;
+shared pan and zoom; shared levels through one histogram, or per-panel auto levels;
+a colormap choice; on each panel its engine name, family, fps and latency. Panels
+follow the session's engines: a new engine needs no change here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from ui.theme import COLORMAPS
+
+FLOOR_DB = -60.0
+
+
+def bmode_db(chw: np.ndarray) -> np.ndarray:
+    """Log-compressed magnitude (dB) of an (2, H, W) I/Q or (1, H, W) image, float32."""
+    mag = np.hypot(chw[0], chw[1]) if chw.shape[0] == 2 else np.abs(chw[0])
+    return (20.0 * np.log10(mag + 1e-6)).astype(np.float32, copy=False)
+
+
+class ImagePanel:
+    """One titled image in the grid."""
+
+    def __init__(self, layout: pg.GraphicsLayout, row: int, col: int, key: str, title: str) -> None:
+        self.key = key
+        self.label = layout.addLabel(title, row=2 * row, col=col, size="9pt")
+        self.vb = layout.addViewBox(row=2 * row + 1, col=col, lockAspect=True, invertY=True,
+                                    enableMenu=False)
+        self.img = pg.ImageItem(axisOrder="row-major")
+        self.vb.addItem(self.img)
+        self.source_obj = None  # the item or result shown now (identity = "nothing new")
+        self.data: np.ndarray | None = None
+
+    def show(self, data: np.ndarray, levels: tuple[float, float] | None) -> None:
+        if self.data is None or self.data.shape != data.shape:  # first image: fit the view
+            self.vb.setRange(xRange=(0, data.shape[1]), yRange=(0, data.shape[0]), padding=0.02)
+        self.data = data
+        if levels is None:  # per-panel levels: robust percentiles of this frame
+            lo, hi = np.percentile(data, (1.0, 99.8))
+            levels = (float(lo), float(max(hi, lo + 1e-3)))
+        self.img.setImage(data, autoLevels=False, levels=levels)
+
+
+class ImageGridView(QWidget):
+    """All panels of one imaging stream; `refresh(session)` pulls the newest data."""
+
+    def __init__(self, stream: str, parent=None) -> None:
+        super().__init__(parent)
+        self.stream = stream
+        self.updates = 0  # display updates with new input (for `mbdl bench gui`)
+        self.panels: dict[str, ImagePanel] = {}
+        self._engines: list[str] = []
+        self._levels_set = False
+
+        self.colormap = QComboBox()
+        self.colormap.addItems(COLORMAPS)
+        self.colormap.setToolTip("Colormap of every panel")
+        self.shared = QCheckBox("shared levels")
+        self.shared.setChecked(True)
+        self.shared.setToolTip("One set of levels for all panels (else: each panel auto-levels)")
+        bar = QHBoxLayout()
+        bar.addWidget(QLabel(f"<b>{stream}</b>"))
+        bar.addStretch(1)
+        bar.addWidget(QLabel("colormap"))
+        bar.addWidget(self.colormap)
+        bar.addWidget(self.shared)
+
+        self.canvas = pg.GraphicsLayoutWidget()
+        self.hist = pg.HistogramLUTWidget(gradientPosition="left")
+        self.hist.setMinimumWidth(110)
+        row = QHBoxLayout()
+        row.addWidget(self.canvas, 1)
+        row.addWidget(self.hist)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(2, 2, 2, 2)
+        lay.addLayout(bar)
+        lay.addLayout(row, 1)
+
+        self.colormap.currentTextChanged.connect(self.set_colormap)
+        self.hist.item.sigLevelsChanged.connect(self._apply_shared_levels)
+        self.hist.item.sigLookupTableChanged.connect(self._apply_lut)
+        self.set_colormap(COLORMAPS[0])
+
+    # ---- layout -----------------------------------------------------------------------
+    def rebuild(self, engines: list[str], has_truth: bool, families: dict[str, str]) -> None:
+        """Panels: input, each engine, truth; only rebuilt when that list changes."""
+        keys = ["input", *engines, *(["truth"] if has_truth else [])]
+        if keys == list(self.panels):
+            return
+        self.canvas.clear()
+        self.panels.clear()
+        n_cols = min(len(keys), 4)
+        for k, key in enumerate(keys):
+            title = {"input": "input (B-mode)", "truth": "truth: bubbles"}.get(
+                key, f"{key} · {families.get(key, '')}")
+            self.panels[key] = ImagePanel(self.canvas.ci, k // n_cols, k % n_cols, key, title)
+        first = self.panels["input"].vb
+        for p in self.panels.values():
+            if p.vb is not first:
+                p.vb.setXLink(first)
+                p.vb.setYLink(first)
+        self.hist.item.setImageItem(self.panels["input"].img)
+        self._engines = list(engines)
+        self._levels_set = False
+        self._apply_lut()
+
+    def set_colormap(self, name: str) -> None:
+        cmap = pg.colormap.get(name)
+        self.hist.item.gradient.setColorMap(cmap)
+        if self.colormap.currentText() != name:
+            self.colormap.setCurrentText(name)
+
+    def _apply_lut(self, *_) -> None:
+        lut = self.hist.item.getLookupTable(n=256)
+        for p in self.panels.values():
+            p.img.setLookupTable(lut)
+
+    def _apply_shared_levels(self, *_) -> None:
+        if self.shared.isChecked():
+            lv = self.hist.item.getLevels()
+            for p in self.panels.values():
+                p.img.setLevels(lv)
+
+    # ---- data ---------------------------------------------------------------------------
+    def refresh(self, session) -> bool:
+        """Show the newest input, results and truth; True if anything new was drawn."""
+        item = session.latest_item(self.stream)
+        if item is None:
+            return False
+        shared = self.shared.isChecked()
+        new = False
+        panel = self.panels.get("input")
+        if panel is not None and panel.source_obj is not item:
+            data = bmode_db(item.data)
+            if shared and not self._levels_set:
+                top = float(np.percentile(data, 99.9))
+                self.hist.item.setLevels(top + FLOOR_DB, top)
+                self._levels_set = True
+            panel.source_obj = item
+            panel.show(data, self.hist.item.getLevels() if shared else None)
+            truth = self.panels.get("truth")
+            if truth is not None and "bubbles" in item.truth:
+                truth.show(bmode_db(item.truth["bubbles"]), self.hist.item.getLevels() if shared else None)
+            new = True
+            self.updates += 1
+        for label in self._engines:
+            r = session.bus.latest(label)
+            p = self.panels.get(label)
+            if r is None or p is None or p.source_obj is r:
+                continue
+            p.source_obj = r
+            p.show(bmode_db(r.data[-1]), self.hist.item.getLevels() if shared else None)
+            new = True
+        return new
+
+    def set_titles(self, stats: dict[str, dict]) -> None:
+        """Panel titles with each engine's name, family, fps and latency (2 Hz)."""
+        for label, p in self.panels.items():
+            st = stats.get(label)
+            if st is None:
+                continue
+            state = "" if st["state"] == "running" else f" · <b>{st['state'].upper()}</b>"
+            mse = "" if not np.isfinite(st["mse_db"]) else f" · MSE {st['mse_db']:.1f} dB"
+            p.label.setText(f"{label} · {st['family']} · {st['fps']:.0f} fps · "
+                            f"p50 {st['latency_p50_ms']:.1f} ms{mse}{state}", size="9pt")
