@@ -7,13 +7,14 @@ the first of the per-stage timestamps the session uses to measure latency.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from drivers.errors import SourceNotOpen
+from drivers.errors import SourceError, SourceNotOpen
 
 
 @dataclass(slots=True)
@@ -92,6 +93,14 @@ class Source(Protocol):
     def __enter__(self) -> Source: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+def check_pacing(uri: str, speed: float, rate: float | None = None) -> None:
+    """SourceError naming `uri` unless speed >= 0 and (when given) rate > 0, both finite."""
+    if not (speed >= 0 and math.isfinite(speed)):
+        raise SourceError(f"{uri}: speed must be a finite number >= 0, got {speed}")
+    if rate is not None and not (rate > 0 and math.isfinite(rate)):
+        raise SourceError(f"{uri}: rate must be a finite number > 0, got {rate}")
 
 
 class Pacer:

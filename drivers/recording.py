@@ -45,7 +45,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from drivers.base import Frame, Item, Sample, SourceBase, SourceInfo
+from drivers.base import Frame, Item, Sample, SourceBase, SourceInfo, check_pacing
 from drivers.errors import FormatError, RecordingError, SourceEnded, SourceError
 from drivers.uri import ParsedURI
 
@@ -712,8 +712,7 @@ class ReplaySource(SourceBase):
     ) -> None:
         self.path = os.fspath(path)
         self.uri = uri or f"replay:{self.path}"
-        if not (speed >= 0 and math.isfinite(speed)):
-            raise SourceError(f"{self.uri}: speed must be a finite number >= 0, got {speed}")
+        check_pacing(self.uri, speed)
         self.stream = stream
         self.speed = speed
         self.loop = loop
@@ -793,8 +792,7 @@ class ReplaySource(SourceBase):
             self._t0_host = None
 
     def set_speed(self, speed: float) -> None:
-        if not (speed >= 0 and math.isfinite(speed)):
-            raise SourceError(f"{self.uri}: speed must be a finite number >= 0, got {speed}")
+        check_pacing(self.uri, speed)
         with self._lock:
             self.speed, self._t0_host = speed, None
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from drivers.base import Frame, Pacer, SourceBase, SourceInfo
+from drivers.base import Frame, Pacer, SourceBase, SourceInfo, check_pacing
 from drivers.errors import SourceEnded, SourceError
 from drivers.uri import ParsedURI
 
@@ -202,10 +202,7 @@ class TiffSource(SourceBase):
                  loop: bool = False, uri: str | None = None) -> None:
         self.path = Path(path)
         self.uri = uri or f"tiff:{path}"
-        if speed < 0 or not math.isfinite(speed):
-            raise SourceError(f"{self.uri}: speed must be finite and >= 0, got {speed}")
-        if rate is not None and not (rate > 0 and math.isfinite(rate)):
-            raise SourceError(f"{self.uri}: rate must be > 0, got {rate}")
+        check_pacing(self.uri, speed, rate)
         self.rate, self.speed, self.loop = rate, speed, loop
         self._tif: tifffile.TiffFile | None = None
         self._mm: np.memmap | None = None

@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from drivers.base import Frame, Pacer, SourceBase, SourceInfo
+from drivers.base import Frame, Pacer, SourceBase, SourceInfo, check_pacing
 from drivers.errors import SourceEnded, SourceError
 from drivers.uri import ParsedURI
 
@@ -127,10 +127,7 @@ class VideoSource(SourceBase):
                  uri: str | None = None) -> None:
         self.path = Path(path)
         self.uri = uri or f"video:{path}"
-        if speed < 0 or not math.isfinite(speed):
-            raise SourceError(f"{self.uri}: speed must be finite and >= 0, got {speed}")
-        if rate is not None and not (rate > 0 and math.isfinite(rate)):
-            raise SourceError(f"{self.uri}: rate must be > 0, got {rate}")
+        check_pacing(self.uri, speed, rate)
         self.speed, self.loop, self.rate = speed, loop, rate
         self.fmt = fmt or FrameFormat()
         self._cap: cv2.VideoCapture | None = None

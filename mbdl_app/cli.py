@@ -233,16 +233,23 @@ def bench_serial(
     raise typer.Exit(0 if rep.get("lost", 1) == 0 else 1)
 
 
+def _gui_entry(name: str):
+    from mbdl_app.launch import gui_entry
+
+    fn = gui_entry(name)
+    if fn is None:
+        raise AppError("the GUI is not installed here (pip install 'mbdl-studio[gui]')")
+    return fn
+
+
 @app.command()
 def gui(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Session TOML file.")] = None,
 ) -> None:
     """The desktop GUI on a session config (default: the embedded session)."""
-    from mbdl_app.launch import display_available, gui_entry
+    from mbdl_app.launch import display_available
 
-    run_gui = gui_entry("run")
-    if run_gui is None:
-        raise AppError("the GUI is not installed here (pip install 'mbdl-studio[gui]')")
+    run_gui = _gui_entry("run")
     if not display_available():
         raise AppError("no display found (DISPLAY/WAYLAND_DISPLAY unset); use `mbdl run` "
                        "for a headless session, or set QT_QPA_PLATFORM=offscreen")
@@ -257,12 +264,7 @@ def bench_gui(
     duration: Annotated[float, typer.Option(help="Seconds measured (after a 3 s warm-up).")] = 30.0,
 ) -> None:
     """GUI display rate and event-loop lag on the default session (offscreen if no display)."""
-    from mbdl_app.launch import gui_entry
-
-    bench = gui_entry("bench")
-    if bench is None:
-        raise AppError("the GUI is not installed here (pip install 'mbdl-studio[gui]')")
-    raise typer.Exit(bench(out, duration))
+    raise typer.Exit(_gui_entry("bench")(out, duration))
 
 
 @bench_app.command("session")
