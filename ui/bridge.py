@@ -20,7 +20,7 @@ class SessionBridge(QObject):
     stats = Signal(object)  # SessionStatus
     changed = Signal()
 
-    def __init__(self, studio: Studio, fps: float = 60.0, stats_hz: float = 2.0, parent=None) -> None:
+    def __init__(self, studio: Studio, fps: float = 40.0, stats_hz: float = 2.0, parent=None) -> None:
         super().__init__(parent)
         self.studio = studio
         self._timer = QTimer(self)

@@ -8,6 +8,7 @@ message and a log line, never a crash.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer
@@ -54,6 +55,7 @@ class MainWindow(QMainWindow):
         self.rec_label = QLabel()
         self.statusBar().addPermanentWidget(self.rec_label)
         self._reported: set[str] = set()
+        self._next_refresh: dict[str, float] = {}
 
         self.bridge = SessionBridge(studio, parent=self)
         self.bridge.tick.connect(self._refresh_views)
@@ -150,8 +152,13 @@ class MainWindow(QMainWindow):
         session = self.studio.session
         if session is None:
             return
+        now = time.monotonic()
         for name, (dock, view) in self.views.items():
             if dock.isVisible() and name in session.streams:
+                if view.REFRESH_HZ and now < self._next_refresh.get(name, 0.0):
+                    continue
+                if view.REFRESH_HZ:
+                    self._next_refresh[name] = now + 1.0 / view.REFRESH_HZ
                 try:
                     view.refresh(session)
                 except Exception as e:  # a view's bug must not take the app down

@@ -105,6 +105,7 @@ class Session:
         self._recent: dict[str, deque] = {}  # newest items per stream, for views
         self._stop = threading.Event()
         self._t_start = float("nan")
+        self._t_stop: float | None = None
         self._started = False
         self._stopped = False
 
@@ -307,6 +308,7 @@ class Session:
         if self._stopped:
             return
         self._stopped = True
+        self._t_stop = time.monotonic()  # the run's span ends here, not after teardown
         self._stop.set()
         for a in self._acq:
             a.join(5.0)
@@ -338,7 +340,7 @@ class Session:
             rec = {"path": str(r.path), "state": r.state, "error": r.error,
                    "backlog": r.backlog, "max_backlog": r.max_backlog, "written": r.counts()}
         return SessionStatus(
-            elapsed_s=time.monotonic() - self._t_start,
+            elapsed_s=(self._t_stop or time.monotonic()) - self._t_start,
             sources={n: s.stats.snapshot() for n, s in self.streams.items()},
             engines=self.bus.snapshot(),
             recorder=rec,

@@ -121,3 +121,18 @@ def test_sigkill_mid_recording_leaves_a_file_with_all_but_the_last_second(tmp_pa
     assert n >= 200, n
     assert np.array_equal(idx, np.arange(n))
     assert len(res["index"]) > 10
+
+
+def test_gui_without_a_display_is_one_line_pointing_to_mbdl_run():
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    line = one_error_line(mbdl("gui", env=env))
+    assert "no display" in line and "mbdl run" in line
+
+
+def test_gui_with_a_malformed_config_is_one_line_naming_it(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[[engines]]\nname = 'ekf'\n")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    line = one_error_line(mbdl("gui", "--config", str(cfg), env=env))
+    assert str(cfg) in line

@@ -8,6 +8,8 @@ follow the session's engines: a new engine needs no change here.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
@@ -49,6 +51,8 @@ class ImagePanel:
 class ImageGridView(QWidget):
     """All panels of one imaging stream; `refresh(session)` pulls the newest data."""
 
+    REFRESH_HZ = 0.0  # every display tick
+
     def __init__(self, stream: str, parent=None) -> None:
         super().__init__(parent)
         self.stream = stream
@@ -71,6 +75,10 @@ class ImageGridView(QWidget):
         bar.addWidget(self.shared)
 
         self.canvas = pg.GraphicsLayoutWidget()
+        # The histogram follows a hidden copy of the input refreshed at 2 Hz: computing
+        # it for every displayed frame would cost more than drawing the frame.
+        self._hist_source = pg.ImageItem(axisOrder="row-major")
+        self._hist_next = 0.0
         self.hist = pg.HistogramLUTWidget(gradientPosition="left")
         self.hist.setMinimumWidth(110)
         row = QHBoxLayout()
@@ -104,7 +112,7 @@ class ImageGridView(QWidget):
             if p.vb is not first:
                 p.vb.setXLink(first)
                 p.vb.setYLink(first)
-        self.hist.item.setImageItem(self.panels["input"].img)
+        self.hist.item.setImageItem(self._hist_source)
         self._engines = list(engines)
         self._levels_set = False
         self._apply_lut()
@@ -143,6 +151,10 @@ class ImageGridView(QWidget):
                 self._levels_set = True
             panel.source_obj = item
             panel.show(data, self.hist.item.getLevels() if shared else None)
+            now = time.monotonic()
+            if now >= self._hist_next:
+                self._hist_next = now + 0.5
+                self._hist_source.setImage(data, autoLevels=False)
             truth = self.panels.get("truth")
             if truth is not None and "bubbles" in item.truth:
                 truth.show(bmode_db(item.truth["bubbles"]), self.hist.item.getLevels() if shared else None)
@@ -166,5 +178,7 @@ class ImageGridView(QWidget):
                 continue
             state = "" if st["state"] == "running" else f" · <b>{st['state'].upper()}</b>"
             mse = "" if not np.isfinite(st["mse_db"]) else f" · MSE {st['mse_db']:.1f} dB"
-            p.label.setText(f"{label} · {st['family']} · {st['fps']:.0f} fps · "
-                            f"p50 {st['latency_p50_ms']:.1f} ms{mse}{state}", size="9pt")
+            text = (f"{label} · {st['family']} · {st['fps']:.0f} fps · "
+                    f"p50 {st['latency_p50_ms']:.1f} ms{mse}{state}")
+            if text != p.label.text:  # a new title re-lays out the grid: only on change
+                p.label.setText(text, size="9pt")
