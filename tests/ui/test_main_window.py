@@ -79,21 +79,21 @@ def test_window_opens_on_the_default_session_and_fills_every_panel_within_5s(qtb
 
 def test_switching_engines_at_run_time_rebuilds_the_panels(window, qtbot):
     w = window()
-    qtbot.waitUntil(lambda: all_panels_show_data(w), timeout=5000)
+    qtbot.waitUntil(lambda: all_panels_show_data(w), timeout=10000)
     w.control.set_engine_checked("svd-filter", False)
     w.control.apply_btn.click()
-    qtbot.waitUntil(lambda: list(imaging(w).panels) == ["input", "truth"], timeout=5000)
+    qtbot.waitUntil(lambda: list(imaging(w).panels) == ["input", "truth"], timeout=10000)
     assert set(w.studio.session.engines) == {"ekf"}
     w.control.set_engine_checked("svd-filter", True)
     w.control.apply_btn.click()
     qtbot.waitUntil(lambda: "svd-filter" in imaging(w).panels
-                    and imaging(w).panels["svd-filter"].data is not None, timeout=5000)
+                    and imaging(w).panels["svd-filter"].data is not None, timeout=10000)
 
 
 def test_recording_then_replaying_through_the_gui(window, qtbot, tmp_path):
     w = window()
     path = tmp_path / "gui.h5"
-    qtbot.waitUntil(lambda: all_panels_show_data(w), timeout=5000)
+    qtbot.waitUntil(lambda: all_panels_show_data(w), timeout=10000)
     w.record_to(path)
     assert w.control.record_btn.isChecked() and "REC" in w.rec_label.text()
     qtbot.wait(1500)
@@ -101,7 +101,7 @@ def test_recording_then_replaying_through_the_gui(window, qtbot, tmp_path):
     assert w.studio.recording_path is None and path.exists()
     w.open_recording(path)
     assert w.studio.mode == "replay"
-    qtbot.waitUntil(lambda: all_panels_show_data(w), timeout=5000)
+    qtbot.waitUntil(lambda: all_panels_show_data(w), timeout=10000)
     w.control.toggle_play()  # pause
     assert w.studio.paused and w.control.play_btn.text() == "Play"
     src = w.studio.session.streams["lorenz"].stats
@@ -140,11 +140,11 @@ def test_a_broken_engine_shows_an_error_while_the_rest_keeps_running(window, qtb
 
 def test_colormap_and_layout_are_restored_on_the_next_start(window, qtbot):
     w = window()
-    qtbot.waitUntil(lambda: bool(w.views), timeout=5000)
+    qtbot.waitUntil(lambda: bool(w.views), timeout=10000)
     imaging(w).set_colormap("viridis")
     w.close()
     w2 = window()
-    qtbot.waitUntil(lambda: bool(w2.views), timeout=5000)
+    qtbot.waitUntil(lambda: bool(w2.views), timeout=10000)
     assert imaging(w2).colormap.currentText() == "viridis"
 
 
@@ -153,7 +153,7 @@ def test_screenshots_of_the_main_views(window, qtbot, tmp_path):
     out.mkdir(parents=True, exist_ok=True)
     w = window()
     w.resize(1600, 1000)
-    qtbot.waitUntil(lambda: all_panels_show_data(w), timeout=5000)
+    qtbot.waitUntil(lambda: all_panels_show_data(w), timeout=10000)
     qtbot.wait(2500)  # a trajectory builds up, stats arrive
     shots = {"window.png": None, "imaging.png": imaging(w), "tracking.png": tracking(w),
              "metrics.png": w.metrics}
