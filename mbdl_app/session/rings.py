@@ -87,6 +87,10 @@ class SampleQueue:
             self._closed = True
             self._cond.notify_all()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def drain(self, timeout: float) -> list[Sample]:
         """All queued samples in order (waits up to `timeout` for the first)."""
         with self._cond:

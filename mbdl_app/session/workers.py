@@ -188,6 +188,8 @@ class TrackerWorker(EngineWorker):
     def _loop(self) -> None:
         while not self._halt.is_set():
             self._filter(self.queue.drain(timeout=0.1))
+        while not self.queue.closed:  # the acquisition thread may still push its last samples
+            self._filter(self.queue.drain(timeout=0.1))
         self._filter(self.queue.drain(timeout=0.0))
 
     def _filter(self, samples) -> None:

@@ -39,6 +39,8 @@ def test_session_records_every_item_and_every_result(tmp_path):
             assert np.array_equal(idx, np.arange(len(idx)))  # nothing lost, in order
         for engine, e in st.engines.items():
             assert len(rec.result_arrays(e["stream"], engine)["index"]) == e["results"]
+    # a tracker steps through every sample, the last ones included
+    assert st.engines["ekf"]["results"] == st.sources["lorenz"]["items"]
     # the EKF filters: its error is far below the observation noise (r2 = 1 -> 0 dB)
     assert st.engines["ekf"]["mse_db_overall"] < -3.0
     assert np.isfinite(st.engines["svd-filter"]["mse_db_overall"])
