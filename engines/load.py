@@ -3,6 +3,9 @@
 Builders are registered as "module:function" and imported on first use, so loading
 the EKF never imports the imaging stack. A builder takes keyword parameters only;
 unknown parameters are an error naming the engine (a typo must not pass silently).
+
+Trained artifacts need no entry: every folder `exported_models/<name>/` with a card.json
+is the engine `name`, loaded (sha256-verified) by `engines.artifacts.load_artifact`.
 """
 
 from __future__ import annotations
@@ -12,19 +15,37 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import exported_models
 from engines.errors import BackendUnavailable, EngineError, UnknownEngineError
 
 _BUILDERS: dict[str, str | Callable[..., Any]] = {
     "svd-filter": "engines.imaging.svd_filter:build",
     "ekf": "engines.tracking.kalman:build_ekf",
+    "ista": "engines.imaging.ista:build_ista",
+    "fista": "engines.imaging.ista:build_fista",
+    "admm": "engines.imaging.admm:build_admm",
 }
 
 BACKENDS = ("auto", "numpy", "torch", "onnxruntime", "tensorrt")
 
 
+def _shipped_artifacts() -> dict[str, Any]:
+    """Artifact folders in exported_models/, by name."""
+    return {d.name: d for d in exported_models.artifact_dirs()}
+
+
 def available() -> list[str]:
-    """Names `load` accepts."""
-    return sorted(_BUILDERS)
+    """Names `load` accepts: the registered builders and the shipped artifacts."""
+    return sorted(set(_BUILDERS) | set(_shipped_artifacts()))
+
+
+def _artifact_builder(directory):
+    def build(*, backend: str = "auto"):
+        from engines.artifacts import load_artifact
+
+        return load_artifact(directory, backend)
+
+    return build
 
 
 def register(name: str, builder: str | Callable[..., Any]) -> None:
@@ -35,6 +56,8 @@ def register(name: str, builder: str | Callable[..., Any]) -> None:
 
 def _builder(name: str):
     entry = _BUILDERS.get(name)
+    if entry is None and name in _shipped_artifacts():
+        return _artifact_builder(_shipped_artifacts()[name])
     if entry is None:
         raise UnknownEngineError(f"unknown engine {name!r}; available: {', '.join(available())}")
     if callable(entry):

@@ -7,7 +7,8 @@
     mbdl info FILE
     mbdl devices [--json]
     mbdl export FILE [--out DIR] [--format ome.tif|seq.mha|csv ...]
-    mbdl bench session | serial | gui
+    mbdl train NAME [--quick] [--out DIR] [--resume]
+    mbdl bench session | serial | gui | sparse
 
 Errors print one line naming the input and the problem and exit with code 2;
 `--debug` shows the traceback.
@@ -220,6 +221,36 @@ def export(
         print(path)
 
 
+@app.command()
+def train(
+    name: Annotated[str, typer.Argument(help="Recipe name, e.g. lista-cs (see the error for the list).")],
+    quick: Annotated[bool, typer.Option(help="A tiny version that finishes in seconds.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o",
+                   help="Folder that receives NAME/ (default: exported_models/).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its checkpoints.")] = False,
+) -> None:
+    """Train one artifact with its recipe: NAME/card.json + weights.safetensors.
+
+    Checkpoints go to the user cache (removed after a successful run) so that --resume
+    continues an interrupted one.
+    """
+    import json
+    import shutil
+
+    import exported_models
+    from mbdl_app.training.artifact import cache_dir
+    from mbdl_app.training.recipes import get_recipe
+
+    recipe = get_recipe(name)
+    checkpoints = cache_dir("checkpoints") / (f"{name}-quick" if quick else name)
+    folder = recipe.run(exported_models.ROOT if out is None else out, quick=quick, resume=resume,
+                        checkpoint_dir=checkpoints)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # only an interrupted run needs them
+    metrics = json.loads((folder / "card.json").read_text(encoding="utf-8"))["metrics"]
+    shown = {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
+    print(f"{folder}  {json.dumps(shown)}")
+
+
 @bench_app.command("serial")
 def bench_serial(
     out: Annotated[Path, typer.Option(help="Folder for the JSON report.")] = Path("bench_out"),
@@ -277,6 +308,18 @@ def bench_session(
     from mbdl_app.bench.session_bench import run_all
 
     raise typer.Exit(run_all(out, duration, soak))
+
+
+@bench_app.command("sparse")
+def bench_sparse(
+    out: Annotated[Path, typer.Option(help="Folder for the CSV, JSON and PNG.")] = Path("bench_out/sparse"),
+    n: Annotated[int, typer.Option(help="Held-out problems per noise setting.")] = 1000,
+    quick: Annotated[bool, typer.Option(help="A tiny problem and quick-trained models (seconds).")] = False,
+) -> None:
+    """Sparse coding: NMSE per layer of ISTA/FISTA/ADMM and the learned methods, time, FISTA match."""
+    from mbdl_app.bench.sparse_bench import run_sparse_bench
+
+    run_sparse_bench(out, n=n, quick=quick)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,6 +24,7 @@ Iterations start from s_0 = v_0 = u_0 = 0 (the seed initializes u_0, v_0 randoml
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from engines.errors import BackendUnavailable
-from engines.ops.operators import LinearOperator
+from engines.ops.operators import LinearOperator, as_operator
 from engines.ops.shrinkage import soft_threshold
 from engines.sparse_problem import SparseCodingEngine, sensing_matrix
 
@@ -105,22 +106,13 @@ class RegularizedInverse(nn.Module):
         self.register_buffer("sigma", sigma.to(H.dtype))
         self.register_buffer("V", Vh.mT.to(H.dtype))
 
-    def W1(self, lam: Tensor | float) -> LinearMap:  # noqa: N802 (the seed's W1)
+    def W1(self, lam: Tensor | float) -> LinearMap:
         gain = self.sigma / (self.sigma**2 + 2 * lam)
         return lambda x: ((x @ self.U) * gain) @ self.V.mT
 
-    def W2(self, lam: Tensor | float) -> LinearMap:  # noqa: N802 (the seed's W2)
+    def W2(self, lam: Tensor | float) -> LinearMap:
         gain = self.sigma**2 / (self.sigma**2 + 2 * lam)
         return lambda z: z - ((z @ self.V) * gain) @ self.V.mT
-
-
-def _positive(t: Tensor) -> Tensor:
-    """lambda, mu > 0 (seed eq. (18): theta_h in R+); the identity at any valid value."""
-    return t.clamp_min(torch.finfo(t.dtype).tiny)
-
-
-def _dense_matrix(H: Tensor | LinearOperator) -> Tensor:
-    return H.matrix() if isinstance(H, LinearOperator) else H
 
 
 class AdmmFamily(nn.Module):
@@ -135,7 +127,7 @@ class AdmmFamily(nn.Module):
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"need at least one layer/iteration, got {n_layers}")
-        H = _dense_matrix(H)
+        H = as_operator(H).matrix()
         self.register_buffer("H", H)
         self.inverse = RegularizedInverse(H)
         self.n_layers, self.prox = int(n_layers), prox
@@ -147,7 +139,7 @@ class AdmmFamily(nn.Module):
         """Algorithm 1's iteration with penalty lam and dual step mu: W1, W2 exact."""
         return AdmmLayer(W1=self.inverse.W1(lam), W2=self.inverse.W2(lam), lam=lam, mu=mu, prox=self.prox)
 
-    def forward(self, x: Tensor, return_all: bool = False):
+    def forward(self, x: Tensor, return_all: bool = False) -> Tensor | list[Tensor]:
         zero = x.new_zeros((x.shape[0], self.H.shape[1]))
         state = AdmmState(s=zero, v=zero, u=zero)
         iterates = [state.s]
@@ -177,40 +169,58 @@ class ADMM(AdmmFamily):
         return self.exact_layer(self.lam, self.mu)
 
 
-class LearnedADMM(ADMM):
+class LearnedADMM(AdmmFamily):
     """ADMM as a learned optimizer (seed Example 14, eq. (18)): trainable tied lambda, mu.
 
     Runs n_iter (many) iterations and is trained by backpropagating through all of them.
-    Starts at ADMM's (lam, mu). Note: at exact convergence the lasso minimizer does not
-    depend on (lambda, mu), so the learning signal comes from the finite n_iter.
+    lambda, mu > 0 (eq. (18)) are learned through their logarithms (`log_lam`, `log_mu`),
+    starting at ADMM's (lam, mu). At exact convergence the lasso minimizer does not depend
+    on (lambda, mu), so the learning signal comes from the finite n_iter (test).
     """
 
     def __init__(self, H: Tensor | LinearOperator, prox: Prox = LASSO, lam: float = 0.5, mu: float = 1.0,
                  n_iter: int = 200) -> None:
-        super().__init__(H, prox=prox, lam=lam, mu=mu, n_iter=n_iter)
-        dtype = self.H.dtype
-        self.lam = nn.Parameter(torch.tensor(float(lam), dtype=dtype))
-        self.mu = nn.Parameter(torch.tensor(float(mu), dtype=dtype))
+        super().__init__(H, n_iter, prox)
+        self.log_lam = _log_parameter(lam, (), self.H.dtype)
+        self.log_mu = _log_parameter(mu, (), self.H.dtype)
+
+    @property
+    def lam(self) -> Tensor:
+        return self.log_lam.exp()
+
+    @property
+    def mu(self) -> Tensor:
+        return self.log_mu.exp()
 
     def layer(self, k: int) -> AdmmLayer:
-        return self.exact_layer(_positive(self.lam), _positive(self.mu))
+        return self.exact_layer(self.lam, self.mu)
 
 
 class UnfoldedADMM(AdmmFamily):
     """Deep unfolded ADMM (seed Example 15, eq. (19)): K iterations with lambda_k, mu_k per layer.
 
-    Initialized at lambda_k = lam, mu_k = mu for all k, i.e. K iterations of ADMM.
+    lambda_k, mu_k > 0 are learned through their logarithms; initialized at lambda_k = lam,
+    mu_k = mu for all k, i.e. K iterations of ADMM.
     """
 
     def __init__(self, H: Tensor | LinearOperator, n_layers: int = 16, prox: Prox = LASSO, lam: float = 0.5,
                  mu: float = 1.0) -> None:
         super().__init__(H, n_layers, prox)
-        dtype = self.H.dtype
-        self.lam = nn.Parameter(torch.full((n_layers,), float(lam), dtype=dtype))
-        self.mu = nn.Parameter(torch.full((n_layers,), float(mu), dtype=dtype))
+        self.log_lam = _log_parameter(lam, (n_layers,), self.H.dtype)
+        self.log_mu = _log_parameter(mu, (n_layers,), self.H.dtype)
+
+    @property
+    def lam(self) -> Tensor:
+        """(K,) lambda_k."""
+        return self.log_lam.exp()
+
+    @property
+    def mu(self) -> Tensor:
+        """(K,) mu_k."""
+        return self.log_mu.exp()
 
     def layer(self, k: int) -> AdmmLayer:
-        return self.exact_layer(_positive(self.lam[k]), _positive(self.mu[k]))
+        return self.exact_layer(self.log_lam[k].exp(), self.log_mu[k].exp())
 
 
 class UnfoldedADMMWeights(UnfoldedADMM):
@@ -235,8 +245,15 @@ class UnfoldedADMMWeights(UnfoldedADMM):
 
     def layer(self, k: int) -> AdmmLayer:
         W1, W2 = self.W1[k], self.W2[k]
-        return AdmmLayer(W1=lambda x: x @ W1.mT, W2=lambda z: z @ W2.mT, lam=_positive(self.lam[k]),
-                         mu=_positive(self.mu[k]), prox=self.prox)
+        return AdmmLayer(W1=lambda x: x @ W1.mT, W2=lambda z: z @ W2.mT, lam=self.log_lam[k].exp(),
+                         mu=self.log_mu[k].exp(), prox=self.prox)
+
+
+def _log_parameter(value: float, shape: tuple[int, ...], dtype: torch.dtype) -> nn.Parameter:
+    """log(value) filled into `shape`: a positive hyperparameter learned on a log scale."""
+    if not value > 0:
+        raise ValueError(f"lam and mu must be positive, got {value}")
+    return nn.Parameter(torch.full(shape, math.log(value), dtype=dtype))
 
 
 def build_admm(*, backend: str = "auto", seed: int = 0, m: int = 250, n: int = 500, n_iter: int = 16,

@@ -125,7 +125,7 @@ class IstaFamily(nn.Module):
     def layer(self, k: int) -> IstaLayer:
         raise NotImplementedError
 
-    def forward(self, x: Tensor, s0: Tensor | None = None, return_all: bool = False):
+    def forward(self, x: Tensor, s0: Tensor | None = None, return_all: bool = False) -> Tensor | list[Tensor]:
         s = x.new_zeros((x.shape[0], *self.code_shape)) if s0 is None else s0
         z, t = s, 1.0
         iterates = [s]
@@ -143,6 +143,11 @@ class IstaFamily(nn.Module):
         return iterates if return_all else s
 
 
+def ista_layer(H: LinearOperator, mu: Tensor | float, rho: Tensor | float) -> IstaLayer:
+    """Model-based ISTA's layer: W1 = mu H', W2 = I - mu H'H, theta = mu rho (seed eq. (15))."""
+    return gradient_layer(H, lambda v: mu * H.adjoint(v), mu * rho)
+
+
 class ISTA(IstaFamily):
     """Model-based ISTA for min 0.5 ||x - H s||^2 + rho ||s||_1 (seed Example 10, eq. (15)).
 
@@ -158,7 +163,7 @@ class ISTA(IstaFamily):
         self.mu = default_step(self.H) if mu is None else float(mu)
 
     def layer(self, k: int) -> IstaLayer:
-        return gradient_layer(self.H, lambda v: self.mu * self.H.adjoint(v), self.mu * self.rho)
+        return ista_layer(self.H, self.mu, self.rho)
 
 
 class FISTA(ISTA):
@@ -169,22 +174,24 @@ class FISTA(ISTA):
         super().__init__(H, rho=rho, n_iter=n_iter, mu=mu, momentum=True)
 
 
-class TunedISTA(ISTA):
-    """ISTA as a learned optimizer: the tied step mu and weight rho are trainable (seed Sec. III-A).
+class TunedISTA(IstaFamily):
+    """ISTA as a learned optimizer (seed Sec. III-A): the tied step mu and weight rho are trained.
 
-    Starts at ISTA's (mu, rho); W1 = mu H', W2 = I - mu H'H, theta = mu rho in every iteration.
+    mu, rho > 0 are learned through their logarithms (`log_mu`, `log_rho`), starting at
+    ISTA's values, and used by every one of the n_iter iterations.
     """
 
     def __init__(self, H: Tensor | LinearOperator, rho: float = 0.4, n_iter: int = 100,
                  mu: float | None = None) -> None:
-        super().__init__(H, rho=rho, n_iter=n_iter, mu=mu)
-        dtype = self.H.dtype
-        self.mu = nn.Parameter(torch.tensor(self.mu, dtype=dtype))
-        self.rho = nn.Parameter(torch.tensor(self.rho, dtype=dtype))
+        super().__init__(H, n_iter)
+        mu = default_step(self.H) if mu is None else float(mu)
+        if not (mu > 0 and rho > 0):
+            raise ValueError(f"mu and rho must be positive, got mu={mu}, rho={rho}")
+        self.log_mu = nn.Parameter(torch.tensor(math.log(mu), dtype=self.H.dtype))
+        self.log_rho = nn.Parameter(torch.tensor(math.log(rho), dtype=self.H.dtype))
 
-
-def _dense_matrix(H: Tensor | LinearOperator) -> Tensor:
-    return H.matrix() if isinstance(H, LinearOperator) else H
+    def layer(self, k: int) -> IstaLayer:
+        return ista_layer(self.H, self.log_mu.exp(), self.log_rho.exp())
 
 
 class LISTA(IstaFamily):
@@ -195,9 +202,9 @@ class LISTA(IstaFamily):
     W2_k is absorbed into W2_k. `support` adds support selection (LISTA-SS).
     """
 
-    def __init__(self, H: Tensor, n_layers: int = 16, rho: float = 0.4, mu: float | None = None,
-                 support: SupportSelection | None = None) -> None:
-        H = _dense_matrix(H)
+    def __init__(self, H: Tensor | LinearOperator, n_layers: int = 16, rho: float = 0.4,
+                 mu: float | None = None, support: SupportSelection | None = None) -> None:
+        H = as_operator(H).matrix()
         super().__init__(H, n_layers)
         mu = default_step(H) if mu is None else float(mu)
         n = H.shape[1]
@@ -220,9 +227,9 @@ class LISTACP(IstaFamily):
     at W_k = mu H, theta_k = mu rho (ISTA). `support` gives LISTA-CPSS.
     """
 
-    def __init__(self, H: Tensor, n_layers: int = 16, rho: float = 0.4, mu: float | None = None,
-                 support: SupportSelection | None = None) -> None:
-        H = _dense_matrix(H)
+    def __init__(self, H: Tensor | LinearOperator, n_layers: int = 16, rho: float = 0.4,
+                 mu: float | None = None, support: SupportSelection | None = None) -> None:
+        H = as_operator(H).matrix()
         super().__init__(H, n_layers)
         mu = default_step(H) if mu is None else float(mu)
         self.W = nn.Parameter((mu * H).expand(n_layers, -1, -1).clone())
@@ -257,9 +264,10 @@ class ALISTA(IstaFamily):
     Support selection on by default, as in the paper.
     """
 
-    def __init__(self, H: Tensor, n_layers: int = 16, rho: float = 0.4, mu: float | None = None,
-                 W: Tensor | None = None, support: SupportSelection | None = CPSS) -> None:
-        H = _dense_matrix(H)
+    def __init__(self, H: Tensor | LinearOperator, n_layers: int = 16, rho: float = 0.4,
+                 mu: float | None = None, W: Tensor | None = None,
+                 support: SupportSelection | None = CPSS) -> None:
+        H = as_operator(H).matrix()
         super().__init__(H, n_layers)
         self.register_buffer("W", coherence_minimizing_weight(H) if W is None else W.to(H.dtype))
         if mu is None:

@@ -38,7 +38,7 @@ class LinearOperator(nn.Module):
         raise NotImplementedError
 
     @property
-    def T(self) -> LinearOperator:  # noqa: N802 (the matrix notation A.T)
+    def T(self) -> LinearOperator:
         """The adjoint A' as an operator: `A.T(x)` = `A.adjoint(x)`."""
         return Adjoint(self)
 
@@ -69,7 +69,7 @@ class Adjoint(LinearOperator):
         return self.op(s)
 
     @property
-    def T(self) -> LinearOperator:  # noqa: N802
+    def T(self) -> LinearOperator:
         return self.op
 
 

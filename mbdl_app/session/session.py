@@ -29,6 +29,7 @@ from drivers import SourceInfo, open_source, parse_uri
 from drivers.errors import DriverError
 from drivers.recording import ResultSpec
 from engines.load import accepted_params
+from engines.runtime.threads import set_intra_op_threads
 from mbdl_app import __version__
 from mbdl_app.catalog import engine_kind
 from mbdl_app.config import EngineConfig, SessionConfig
@@ -86,8 +87,12 @@ class Session:
 
     SAMPLE_HISTORY = 2000  # recent samples kept per stream for track views
 
-    def __init__(self, config: SessionConfig, record: str | Path | None = None) -> None:
+    def __init__(self, config: SessionConfig, record: str | Path | None = None,
+                 intra_op_threads: int = 1) -> None:
+        """`intra_op_threads`: torch threads per call (0 = leave torch's default); one
+        suits a live session, whose parallelism is one thread per engine."""
         self.config = config
+        self.intra_op_threads = intra_op_threads
         self.record_path = Path(record) if record else (
             Path(config.record.path) if config.record.path else None)
         self.bus = ResultBus()
@@ -172,6 +177,7 @@ class Session:
         if self._started:
             raise SessionError("session already started")
         self._started = True
+        set_intra_op_threads(self.intra_op_threads)
         try:
             self._open_sources()
             specs, artifacts = [], {}

@@ -1,0 +1,103 @@
+"""Reading model artifacts: a folder with card.json and weights.safetensors (ARCHITECTURE.md "Formats").
+
+The card says what the model is and how it was made and holds the sha256 of every other
+file in the folder; `read_artifact` checks each one before loading anything. Weights are
+safetensors: loading them cannot run code (no pickle). Writing artifacts is the training
+stack's job (mbdl_app/training/artifact.py); engines only read them.
+
+`load_artifact(directory)` turns a verified artifact into an engine, by its card's task:
+"sparse-coding" -> `engines.sparse_models.engine_from_artifact`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from engines.errors import ArtifactError
+
+CARD = "card.json"
+WEIGHTS = "weights.safetensors"
+
+_TASK_BUILDERS = {"sparse-coding": "engines.sparse_models:engine_from_artifact"}
+
+
+def sha256_of(path: Path) -> str:
+    """The hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A verified artifact: its folder, card and weights (CPU tensors)."""
+
+    path: Path
+    card: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+
+    @property
+    def sha256(self) -> str:
+        """The weights file's sha256: what a recording stores to identify the model."""
+        return self.card["files"][WEIGHTS]
+
+
+def read_artifact(directory: str | Path) -> Artifact:
+    """Read an artifact folder, verifying the sha256 of every file its card lists.
+
+    Raises ArtifactError naming the file: card missing or not JSON, a listed file missing,
+    a sha256 mismatch, weights unreadable.
+    """
+    directory = Path(directory)
+    card_path = directory / CARD
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ArtifactError(f"{card_path}: cannot read ({e.strerror or e})") from None
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{card_path}: not valid JSON ({e})") from None
+    files = card.get("files") if isinstance(card, dict) else None
+    if not isinstance(files, dict) or WEIGHTS not in files:
+        raise ArtifactError(f"{card_path}: lists no sha256 for {WEIGHTS}")
+    for name, expected in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise ArtifactError(f"{path}: missing (listed in {card_path})")
+        actual = sha256_of(path)
+        if actual != expected:
+            raise ArtifactError(f"{path}: sha256 {actual} does not match {expected} in {card_path} "
+                                "(file corrupted or replaced)")
+    try:
+        weights = load_file(directory / WEIGHTS)
+    except Exception as e:  # safetensors raises its own error type for malformed files
+        raise ArtifactError(f"{directory / WEIGHTS}: not readable safetensors ({e})") from None
+    return Artifact(directory, card, weights)
+
+
+def load_artifact(directory: str | Path, backend: str = "auto"):
+    """The engine stored in an artifact folder, verified by sha256 (read_artifact).
+
+    Dispatches on the card's `task`; the engine carries `artifact_sha256` (the weights'
+    sha256, which recordings store). Raises ArtifactError for an unknown task or a card
+    that does not describe a model this code can build.
+    """
+    art = read_artifact(directory)
+    task = art.card.get("task")
+    entry = _TASK_BUILDERS.get(task)
+    if entry is None:
+        raise ArtifactError(f"{Path(directory) / CARD}: no engine for task {task!r}; "
+                            f"known: {', '.join(sorted(_TASK_BUILDERS))}")
+    module, _, fn = entry.partition(":")
+    engine = getattr(importlib.import_module(module), fn)(art, backend=backend)
+    engine.artifact_sha256 = art.sha256
+    return engine

@@ -1,0 +1,144 @@
+"""Training recipes: each produces one model artifact with one command (`mbdl train NAME`).
+
+A recipe's `build(quick)` returns a `Plan` (model, data, loss, config, stages, held-out
+evaluation, static card fields); the shared `Recipe.run` trains it with the Trainer and
+writes the artifact folder (weights.safetensors + card.json). Recipes are registered
+as "module:attribute" and imported on first use, so listing them imports none.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from mbdl_app.training.artifact import Artifact, read_artifact, write_artifact
+from mbdl_app.training.errors import TrainingError, UnknownRecipeError
+from mbdl_app.training.seeding import seed_everything
+from mbdl_app.training.trainer import Stage, TrainConfig, Trainer, TrainResult
+
+__all__ = ["Artifact", "Plan", "Recipe", "available_recipes", "get_recipe", "read_artifact",
+           "register_recipe", "write_artifact"]
+
+
+@dataclass
+class Plan:
+    """What a recipe trains and how.
+
+    `evaluate(trainer)` returns the held-out metrics for the card (after training; e.g.
+    `{"test_nmse_db": trainer.evaluate(test_set)}`). `card` holds the card fields the
+    recipe knows: task, family, architecture, input, output, and `training.data` (a
+    description of the data); `run` fills in name, the rest of training, and metrics.
+    `extra_tensors` are stored in weights.safetensors beside the state dict (e.g. the
+    sensing matrix of a sparse-coding model).
+    """
+
+    model: nn.Module
+    loss_fn: Callable[[Any, Any], Any]
+    train_data: Any
+    val_data: Any
+    config: TrainConfig
+    evaluate: Callable[[Trainer], dict[str, float]]
+    card: dict[str, Any]
+    stages: tuple[Stage, ...] = (Stage(),)
+    metric_fn: Callable[[Any, Any], Any] | None = None
+    extra_tensors: dict[str, Any] = field(default_factory=dict)
+
+
+class Recipe(ABC):
+    """A named way to train one artifact. Subclasses set `name`, `description`, `seed` and
+    implement `build`; a recipe whose stages change the model between fits (e.g. adding a
+    layer) overrides `fit_stages`."""
+
+    name: str
+    description: str
+    seed: int = 0
+
+    @abstractmethod
+    def build(self, quick: bool) -> Plan:
+        """The plan; `quick` = a small version for tests and smoke runs (seconds, not hours).
+        Called right after `seed_everything(self.seed)`."""
+
+    def fit_stages(self, trainer: Trainer, plan: Plan) -> list[TrainResult]:
+        """Train the plan's stages in order."""
+        return [trainer.fit(stage) for stage in plan.stages]
+
+    def run(self, out_dir: str | Path, quick: bool = False, *, checkpoint_dir: str | Path | None = None,
+            resume: bool = False, quiet: bool = False) -> Path:
+        """Train and write the artifact to `out_dir/<name>/`; returns that folder.
+
+        `self.seed` seeds the build (model init, data) and the trainer. With `checkpoint_dir`,
+        each stage checkpoints there and `resume` continues an interrupted run. Under
+        torchrun every rank trains; rank 0 writes the artifact.
+        """
+        seed_everything(self.seed)
+        plan = self.build(quick)
+        config = plan.config.model_copy(update={
+            "seed": self.seed, "resume": resume,
+            "checkpoint_dir": None if checkpoint_dir is None else Path(checkpoint_dir)})
+        target = Path(out_dir) / self.name
+        start = time.time()
+        with Trainer(plan.model, plan.loss_fn, plan.train_data, plan.val_data, config, plan.metric_fn,
+                     quiet=quiet) as trainer:
+            results = self.fit_stages(trainer, plan)
+            metrics = plan.evaluate(trainer)
+            if not trainer.ranks.is_main:
+                return target
+            training = {
+                **plan.card.get("training", {}),
+                "recipe": self.name, "quick": quick, "seed": self.seed,
+                "config": config.model_dump(mode="json", exclude={"checkpoint_dir", "resume", "device"}),
+                "stages": [{"name": r.stage, "steps": r.steps, "best_metric": r.best_metric,
+                            "best_step": r.best_step, "stopped_early": r.stopped_early,
+                            "wall_time_s": round(r.wall_time, 3)} for r in results],
+                "wall_time_s": round(time.time() - start, 3),
+                "device": str(trainer.device), "world_size": trainer.ranks.world_size,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            card = {**plan.card, "name": self.name, "training": training, "metrics": metrics}
+            return write_artifact(target, trainer.model, card, extra=plan.extra_tensors)
+
+
+_RECIPES: dict[str, str | Recipe] = {
+    "demo-linear": "mbdl_app.training.recipes.demo_linear:RECIPE",
+}
+
+
+def register_recipe(name: str, recipe: Recipe | str) -> None:
+    """Add a recipe: an instance, or "module:attribute" naming one (imported on first use)."""
+    _RECIPES[name] = recipe
+
+
+def available_recipes() -> list[str]:
+    """Names `get_recipe` accepts."""
+    return sorted(_RECIPES)
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe registered as `name`; UnknownRecipeError listing the known ones otherwise."""
+    entry = _RECIPES.get(name)
+    if entry is None:
+        raise UnknownRecipeError(f"unknown recipe {name!r}; available: {', '.join(available_recipes())}")
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        entry = getattr(importlib.import_module(module), attr)
+        _RECIPES[name] = entry
+    if entry.name != name:
+        raise TrainingError(f"recipe registered as {name!r} calls itself {entry.name!r}")
+    return entry
+
+
+def _register_sparse() -> None:
+    from mbdl_app.training.recipes.sparse import RECIPES
+
+    for recipe in RECIPES:
+        register_recipe(recipe.name, recipe)
+
+
+_register_sparse()

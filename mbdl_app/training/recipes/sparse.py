@@ -1,0 +1,279 @@
+"""Recipes for the sparse-coding benchmark: LISTA, LISTA-CPSS, ALISTA, learned/unfolded ADMM.
+
+The standard benchmark of ANCHORS.md ("Sparse recovery / LISTA family"; Chen et al.
+NeurIPS 2018, Liu et al. ICLR 2019): H 250 x 500 fixed by seed 0 (`sensing_matrix`), codes
+Bernoulli(0.1)-Gaussian, noiseless or at SNR 40 / 20 dB; 16 layers; batches of 64 drawn on
+the fly; a fixed validation set of 1000 problems; stage-wise training, layer t added at a
+time: the new layer alone at lr 5e-4, then layers 1..t at 1e-4 and at 1e-5 (each stage keeps
+its best validated weights, so a stage never makes the validation NMSE worse). Loss: MSE
+of the last layer's code; validation metric: NMSE dB. The card's metrics are NMSE dB per
+layer 0..16 on a fresh held-out set of 1000 problems (its own seed).
+
+Recipe names: `<method>-cs` (noiseless), `<method>-cs-snr40`, `<method>-cs-snr20`, for the
+methods in METHODS. Budgets are CPU-sized, far shorter than the papers' (which train each
+stage to a plateau, ~10^5 steps in all); `Method.steps` gives the steps of the three
+stages of each layer, halved for the noisy settings (NOISY_STEPS). Methods with a handful
+of scalar parameters (ALISTA, learned and unfolded ADMM) use 10x the papers' lrs, or their
+few hundred steps would not move them.
+
+Learned ADMM (seed Ex. 14) is a learned optimizer with tied lambda, mu: it has no layers
+to add and is trained at a FINITE 16 iterations (two stages, all its parameters). Trained
+through "convergence" it would get no gradient: the lasso minimizer does not depend on
+(lambda, mu).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engines.sparse_models import ARCHITECTURES, OPERATOR_KEY, build_sparse_model
+from engines.sparse_problem import SparseBatch, SparseProblem, nmse_db
+from mbdl_app.training.recipes import Plan, Recipe
+from mbdl_app.training.seeding import derive_seed
+from mbdl_app.training.trainer import Stage, TrainConfig, Trainer, TrainResult
+
+H_SEED = 0  # the benchmark's one fixed H = sensing_matrix(250, 500, 0), as engines.load("ista") uses
+VAL_SEED, TEST_SEED = 1001, 1002  # fixed validation and held-out sets (training batches: the trainer's seeds)
+P = 0.1
+BATCH = 64
+NOISE: dict[str, float | None] = {"": None, "-snr40": 40.0, "-snr20": 20.0}
+NOISY_STEPS = 0.5  # with noise the learned methods level off near -SNR: half the steps (CPU budget)
+
+
+@dataclass(frozen=True)
+class Size:
+    """Problem and training size: the benchmark's, or a tiny one for tests (quick)."""
+
+    m: int
+    n: int
+    layers: int
+    val: int
+    test: int
+
+
+FULL = Size(m=250, n=500, layers=16, val=1000, test=1000)
+QUICK = Size(m=40, n=80, layers=3, val=100, test=200)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One learned method: architecture (engines.sparse_models), its kwargs, lrs and steps.
+
+    layerwise: stage-wise growth, 3 stages per layer (new layer at lrs[0], all at lrs[1],
+    lrs[2]) with `steps` per stage; otherwise (tied parameters) two stages on everything at
+    lrs[0], lrs[1] with steps[0], steps[1]. `warm_new_layer`: a new layer starts from the
+    previous layer's parameters instead of the model-based initial values.
+    """
+
+    arch: str
+    description: str
+    steps: tuple[int, int, int]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    lrs: tuple[float, float, float] = (5e-4, 1e-4, 1e-5)
+    layerwise: bool = True
+    warm_new_layer: bool = False
+
+
+SCALAR_LRS = (5e-3, 1e-3, 1e-4)
+SUPPORT = {"q_step": 0.012, "q_max": 0.13}  # the anchors' support selection: 1.2 %/layer up to 13 %
+
+METHODS: dict[str, Method] = {
+    "lista": Method("lista", "LISTA (seed Ex. 17): W1_k, W2_k, theta_k per layer", (80, 80, 40),
+                    {"rho": 0.4}),
+    "lista-cpss": Method("lista-cpss", "LISTA-CPSS (Chen et al. 2018): coupled W_k, support selection",
+                         (80, 80, 40), {"rho": 0.4, "support": SUPPORT}),
+    "alista": Method("alista", "ALISTA (Liu et al. 2019): analytic W, gamma_k and theta_k learned, SS",
+                     (80, 80, 40), {"rho": 0.4, "support": SUPPORT}, lrs=SCALAR_LRS, warm_new_layer=True),
+    "learned-admm": Method("learned-admm", "learned ADMM (seed Ex. 14): tied lambda, mu at 16 iterations",
+                           (600, 300, 0), {"rho": 0.4, "lam": 0.5, "mu": 1.0},
+                           lrs=(2e-2, 2e-3, 0.0), layerwise=False),
+    "unfolded-admm": Method("unfolded-admm", "unfolded ADMM (seed Ex. 15): lambda_k, mu_k per layer",
+                            (80, 80, 40), {"rho": 0.4, "lam": 0.5, "mu": 1.0}, lrs=SCALAR_LRS),
+    "unfolded-admm-weights": Method("unfolded-admm-weights",
+                                    "unfolded ADMM (seed Ex. 16): W1_k, W2_k, lambda_k, mu_k per layer",
+                                    (80, 80, 40), {"rho": 0.4, "lam": 0.5, "mu": 1.0}),
+}
+
+
+@dataclass(frozen=True)
+class LayerStage(Stage):
+    """A Stage run with the first `layers` layers, training only the last one if `new_layer_only`."""
+
+    layers: int = 1
+    new_layer_only: bool = False
+
+
+def copy_previous_layer(model: nn.Module, k: int, n_layers: int) -> None:
+    """Set row k of every per-layer parameter (leading dim n_layers) to row k - 1.
+
+    ALISTA needs it: with 13 % support selection, a new layer at the initial threshold
+    zeroes the small true entries, and those give no gradient to lower it (measured:
+    -38.5 dB at 10 layers fell to -27.5 dB when layer 11 was added at the initial values).
+    """
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 1 and p.shape[0] == n_layers:
+                p[k] = p[k - 1]
+
+
+@contextmanager
+def only_layer(model: nn.Module, k: int, n_layers: int):
+    """Zero the gradient of every per-layer parameter (leading dim n_layers) except row k.
+
+    With a fresh Adam per stage, rows whose gradient is exactly zero keep m = v = 0 and do
+    not move: the stage trains layer k alone.
+    """
+    handles = []
+    for p in model.parameters():
+        if p.ndim >= 1 and p.shape[0] == n_layers:
+            mask = torch.zeros((n_layers,) + (1,) * (p.ndim - 1), dtype=p.dtype, device=p.device)
+            mask[k] = 1
+            handles.append(p.register_hook(lambda g, mask=mask: g * mask))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class FreshBatches:
+    """Training data fn(step, generator): a batch of BATCH problems, fresh in every stage.
+
+    The trainer seeds the generator by (seed, rank, step) and counts steps from 0 in every
+    stage, so without the stage index all 48 stages would redraw the same few thousand
+    problems (and the 6 M-parameter models overfit them). `stage` is set by fit_stages;
+    batch (stage, step) is the same in a resumed run.
+    """
+
+    def __init__(self, problem: SparseProblem) -> None:
+        self.problem, self.stage = problem, 0
+
+    def __call__(self, step: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(derive_seed(generator.initial_seed(), self.stage))
+        b = self.problem.sample(BATCH, g)
+        return b.x, b.s
+
+
+def per_layer_nmse_db(model: nn.Module, batch: SparseBatch) -> list[float]:
+    """NMSE dB of s_0 (= 0), s_1, ..., s_K on a batch: the per-layer curve of the benchmark."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        iterates = model(batch.x, return_all=True)
+    model.train(was_training)
+    return [round(nmse_db(s, batch.s), 4) for s in iterates]
+
+
+class SparseRecipe(Recipe):
+    """One method at one noise setting on the standard benchmark (see the module docstring)."""
+
+    seed = 0
+
+    def __init__(self, method: str, suffix: str) -> None:
+        self.method_name, self.method = method, METHODS[method]
+        self.snr_db = NOISE[suffix]
+        self.name = f"{method}-cs{suffix}"
+        noise = "noiseless" if self.snr_db is None else f"SNR {self.snr_db:g} dB"
+        self.description = f"{self.method.description}; 250 x 500 benchmark, {noise}"
+
+    def steps(self, quick: bool) -> tuple[int, ...]:
+        """Steps of the stages of each layer (see Method)."""
+        if quick:
+            return (3, 2, 2)
+        scale = 1.0 if self.snr_db is None else NOISY_STEPS
+        return tuple(round(s * scale) for s in self.method.steps)
+
+    def stages(self, size: Size, quick: bool) -> tuple[Stage, ...]:
+        method = self.method
+        steps = self.steps(quick)
+        if not method.layerwise:
+            return tuple(LayerStage(name=f"all-{i + 1}", lr=method.lrs[i], max_steps=steps[i],
+                                    layers=size.layers) for i in range(2) if steps[i] > 0)
+        out: list[Stage] = []
+        for t in range(1, size.layers + 1):
+            out.append(LayerStage(name=f"layer{t:02d}-new", lr=method.lrs[0], max_steps=steps[0], layers=t,
+                                  new_layer_only=True))
+            out += [LayerStage(name=f"layer{t:02d}-all{i}", lr=method.lrs[i], max_steps=steps[i], layers=t)
+                    for i in (1, 2) if steps[i] > 0]
+        return tuple(out)
+
+    def build(self, quick: bool) -> Plan:
+        size = QUICK if quick else FULL
+        problem = SparseProblem.standard(seed=H_SEED, snr_db=self.snr_db, m=size.m, n=size.n,
+                                         dtype=torch.float32)
+        depth = {"n_iter" if self.method_name == "learned-admm" else "n_layers": size.layers}
+        kwargs = {**depth, **self.method.kwargs}
+        model = build_sparse_model(self.method.arch, problem.H, **kwargs)
+        val = problem.sample(size.val, torch.Generator().manual_seed(VAL_SEED))
+        test = problem.sample(size.test, torch.Generator().manual_seed(TEST_SEED))
+
+        def evaluate(trainer: Trainer) -> dict[str, Any]:
+            curve = per_layer_nmse_db(trainer.model, test)
+            return {"test_nmse_db": curve[-1], "test_nmse_db_per_layer": curve, "test_problems": size.test,
+                    "test_seed": TEST_SEED}
+
+        stages = self.stages(size, quick)
+        noise = "none" if self.snr_db is None else f"SNR {self.snr_db:g} dB, std = std(H s) 10^(-SNR/20)"
+        card = {
+            "task": "sparse-coding",
+            "family": ARCHITECTURES[self.method.arch].family,
+            "description": self.description,
+            "architecture": {"name": self.method.arch, "kwargs": kwargs},
+            "problem": {"m": size.m, "n": size.n, "H": f"sensing_matrix({size.m}, {size.n}, seed={H_SEED})",
+                        "H_seed": H_SEED, "p": P, "snr_db": self.snr_db,
+                        "stored_as": f"{OPERATOR_KEY!r} in weights.safetensors (float32)"},
+            "input": {"shape": ["N", size.m], "dtype": "float32", "normalization": "none",
+                      "meaning": "observations x = H s + w"},
+            "output": {"shape": ["N", size.n], "dtype": "float32", "meaning": "sparse codes s"},
+            "training": {
+                "data": (f"x = H s + w, s Bernoulli({P})-N(0, 1), noise {noise}; batches of {BATCH} drawn on "
+                         f"the fly; validation: {size.val} fixed problems (seed {VAL_SEED}); held-out test: "
+                         f"{size.test} problems (seed {TEST_SEED})"),
+                "loss": "MSE of the last layer's code", "validation_metric": "NMSE dB",
+                "schedule": ("stage-wise: per layer t the new layer alone at lrs[0], then layers 1..t at "
+                             "lrs[1], lrs[2]" if self.method.layerwise
+                             else "tied parameters: all at lrs[0], then lrs[1]"),
+                "lrs": list(self.method.lrs),
+                "new_layer_init": ("the previous layer's parameters" if self.method.warm_new_layer
+                                   else "the model-based values (ISTA / ADMM)"),
+                "steps_per_stage": list(self.steps(quick)),
+                "total_steps": sum(s.max_steps for s in stages),
+            },
+        }
+        return Plan(
+            model=model, loss_fn=F.mse_loss, train_data=FreshBatches(problem), val_data=(val.x, val.s),
+            config=TrainConfig(lr=self.method.lrs[0], max_steps=1, batch_size=1000, eval_every=10**9,
+                               device="cpu"),
+            evaluate=evaluate, card=card, stages=stages,
+            metric_fn=nmse_db, extra_tensors={OPERATOR_KEY: problem.H},
+        )
+
+    def fit_stages(self, trainer: Trainer, plan: Plan) -> list[TrainResult]:
+        """Grow the network one layer at a time (n_layers = the stage's layers)."""
+        model = trainer.model
+        total = model.n_layers if self.method.layerwise else None
+        results = []
+        for index, stage in enumerate(plan.stages):
+            plan.train_data.stage = index
+            if total is not None:
+                model.n_layers = stage.layers
+            if stage.new_layer_only and self.method.warm_new_layer and stage.layers > 1:
+                copy_previous_layer(model, stage.layers - 1, total)
+            if stage.new_layer_only:
+                with only_layer(model, stage.layers - 1, total):
+                    results.append(trainer.fit(stage))
+            else:
+                results.append(trainer.fit(stage))
+        if total is not None:
+            model.n_layers = total
+        return results
+
+
+RECIPES = tuple(SparseRecipe(method, suffix) for suffix in NOISE for method in METHODS)
+SHIPPED = ("lista-cs", "lista-cpss-cs", "alista-cs", "learned-admm-cs", "unfolded-admm-cs")
