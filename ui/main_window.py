@@ -133,7 +133,7 @@ class MainWindow(QMainWindow):
                 dock.hide()
         if not self._laid_out and self.views:
             self._laid_out = True
-            QTimer.singleShot(0, self._default_layout)
+            QTimer.singleShot(0, self, self._default_layout)  # cancelled if the window goes
 
     def _default_layout(self) -> None:
         """Views large on the right (imaging above tracking), controls left, metrics below."""
@@ -260,8 +260,9 @@ class MainWindow(QMainWindow):
         super().showEvent(event)
         state = getattr(self, "_pending_state", None)
         if state is not None and state[0] is not None:  # view docks exist once the session runs
-            QTimer.singleShot(300, lambda: (self.restoreState(state[0]),
-                                            state[1] is not None and self.stage.restoreState(state[1])))
+            QTimer.singleShot(300, self, lambda: (  # cancelled if the window goes first
+                self.restoreState(state[0]),
+                state[1] is not None and self.stage.restoreState(state[1])))
             self._pending_state = None
 
     def save_settings(self) -> None:

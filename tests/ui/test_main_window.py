@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import shiboken6
 
 from engines.imaging.svd_filter import SVDFilter
 from engines.load import register
@@ -164,3 +165,15 @@ def test_screenshots_of_the_main_views(window, qtbot, tmp_path):
     grid = imaging(w)
     # the filtered panel is darker than the input where the tissue was removed
     assert np.median(grid.panels["svd-filter"].data) < np.median(grid.panels["input"].data)
+
+
+def test_closing_a_window_right_after_opening_leaves_no_callback_on_the_dead_window(window, qtbot):
+    w = window()
+    qtbot.waitUntil(lambda: bool(w.views), timeout=10000)
+    w.close()  # saves a layout, so the next window schedules restoring it
+    w2 = MainWindow(Studio(SMALL))  # not handed to qtbot: this test deletes it itself
+    w2.show()
+    w2.close()
+    w2.deleteLater()
+    qtbot.wait(700)  # the delayed layout restore would run here on a deleted window
+    assert not shiboken6.isValid(w2)
