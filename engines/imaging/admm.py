@@ -169,7 +169,23 @@ class ADMM(AdmmFamily):
         return self.exact_layer(self.lam, self.mu)
 
 
-class LearnedADMM(AdmmFamily):
+class _LearnedPenalties(AdmmFamily):
+    """lambda and mu held as learnable logarithms `log_lam`, `log_mu` (scalars or (K,))."""
+
+    def _learn_penalties(self, lam: float, mu: float, shape: tuple[int, ...]) -> None:
+        self.log_lam = _log_parameter(lam, shape, self.H.dtype)
+        self.log_mu = _log_parameter(mu, shape, self.H.dtype)
+
+    @property
+    def lam(self) -> Tensor:
+        return self.log_lam.exp()
+
+    @property
+    def mu(self) -> Tensor:
+        return self.log_mu.exp()
+
+
+class LearnedADMM(_LearnedPenalties):
     """ADMM as a learned optimizer (seed Example 14, eq. (18)): trainable tied lambda, mu.
 
     Runs n_iter (many) iterations and is trained by backpropagating through all of them.
@@ -181,22 +197,13 @@ class LearnedADMM(AdmmFamily):
     def __init__(self, H: Tensor | LinearOperator, prox: Prox = LASSO, lam: float = 0.5, mu: float = 1.0,
                  n_iter: int = 200) -> None:
         super().__init__(H, n_iter, prox)
-        self.log_lam = _log_parameter(lam, (), self.H.dtype)
-        self.log_mu = _log_parameter(mu, (), self.H.dtype)
-
-    @property
-    def lam(self) -> Tensor:
-        return self.log_lam.exp()
-
-    @property
-    def mu(self) -> Tensor:
-        return self.log_mu.exp()
+        self._learn_penalties(lam, mu, ())
 
     def layer(self, k: int) -> AdmmLayer:
         return self.exact_layer(self.lam, self.mu)
 
 
-class UnfoldedADMM(AdmmFamily):
+class UnfoldedADMM(_LearnedPenalties):
     """Deep unfolded ADMM (seed Example 15, eq. (19)): K iterations with lambda_k, mu_k per layer.
 
     lambda_k, mu_k > 0 are learned through their logarithms; initialized at lambda_k = lam,
@@ -206,18 +213,7 @@ class UnfoldedADMM(AdmmFamily):
     def __init__(self, H: Tensor | LinearOperator, n_layers: int = 16, prox: Prox = LASSO, lam: float = 0.5,
                  mu: float = 1.0) -> None:
         super().__init__(H, n_layers, prox)
-        self.log_lam = _log_parameter(lam, (n_layers,), self.H.dtype)
-        self.log_mu = _log_parameter(mu, (n_layers,), self.H.dtype)
-
-    @property
-    def lam(self) -> Tensor:
-        """(K,) lambda_k."""
-        return self.log_lam.exp()
-
-    @property
-    def mu(self) -> Tensor:
-        """(K,) mu_k."""
-        return self.log_mu.exp()
+        self._learn_penalties(lam, mu, (n_layers,))  # lam, mu: (K,) lambda_k, mu_k
 
     def layer(self, k: int) -> AdmmLayer:
         return self.exact_layer(self.log_lam[k].exp(), self.log_mu[k].exp())
