@@ -21,6 +21,9 @@ from engines.errors import BackendUnavailable, EngineError, UnknownEngineError
 _BUILDERS: dict[str, str | Callable[..., Any]] = {
     "svd-filter": "engines.imaging.svd_filter:build",
     "ekf": "engines.tracking.kalman:build_ekf",
+    "kf": "engines.tracking.kalman:build_kf",
+    "ukf": "engines.tracking.kalman:build_ukf",
+    "pf": "engines.tracking.particle:build_pf",
     "ista": "engines.imaging.ista:build_ista",
     "fista": "engines.imaging.ista:build_fista",
     "admm": "engines.imaging.admm:build_admm",

@@ -27,6 +27,11 @@ OBSERVATIONS = ("identity", "rotated", "spherical")
 # 0.1 is near the mismatch optimum and safe for exact data; a grid search may refine it.
 DEFAULT_Q2 = 0.1
 
+# Mean squared one-step increment of the Lorenz state per component at dt = 0.02 (20
+# trajectories x 2500 steps on the attractor: 1.0, 2.4, 2.6 for x1, x2, x3): the process
+# noise a random-walk model needs to follow the motion it does not model.
+RANDOM_WALK_Q2 = 2.0
+
 
 class StateSpaceModel:
     """Protocol and defaults of a model: f, h, their Jacobians, Q, R, and dims n, m.
@@ -193,3 +198,72 @@ class LorenzSSM(StateSpaceModel):
             return d
         az = torch.remainder(d[:, 2:] + math.pi, 2 * math.pi) - math.pi
         return torch.cat((d[:, :2], az), 1)
+
+
+class LinearSSM(StateSpaceModel):
+    """A linear Gaussian model: x_t = A x_{t-1} + w_t, y_t = C x_t + v_t (seed eq. (7), no input).
+
+    A (n, n), C (m, n), Q (n, n), R (m, m) are float64 tensors; Q and R may carry gradients
+    (learned covariances, seed Example 13), A and C are the known physics. In the seed's
+    notation the process and observation covariances are V and W; here, as in the
+    KalmanNet papers and filterpy, they are Q and R.
+    """
+
+    def __init__(self, A: torch.Tensor, C: torch.Tensor, Q: torch.Tensor, R: torch.Tensor) -> None:
+        A, C, Q, R = (torch.as_tensor(M, dtype=torch.float64) for M in (A, C, Q, R))
+        n, m = A.shape[0], C.shape[0]
+        if A.shape != (n, n) or C.shape != (m, n) or Q.shape != (n, n) or R.shape != (m, m):
+            raise ValueError(f"need A (n, n), C (m, n), Q (n, n), R (m, m); got A {tuple(A.shape)}, "
+                             f"C {tuple(C.shape)}, Q {tuple(Q.shape)}, R {tuple(R.shape)}")
+        self.n, self.m = n, m
+        self.A, self.C, self.Q, self.R = A, C, Q, R
+
+    def with_covariances(self, Q: torch.Tensor, R: torch.Tensor) -> LinearSSM:
+        """The same physics A, C with other noise covariances (e.g. learned ones)."""
+        return LinearSSM(self.A, self.C, Q, R)
+
+    def f(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.A.T
+
+    def h(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.C.T
+
+    def F_jacobian(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        return self.A.expand(x.shape[0], self.n, self.n)
+
+    def H_jacobian(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        return self.C.expand(x.shape[0], self.m, self.n)
+
+
+def constant_velocity(dt: float = 0.1, q2: float = 1.0, r2: float = 1.0) -> LinearSSM:
+    """1-D constant velocity (ANCHORS "Learned noise covariances", seed Example 13).
+
+    State (position, velocity), A = [[1, dt], [0, 1]], position observed: C = [1, 0].
+    Q = q2 [[dt^3/3, dt^2/2], [dt^2/2, dt]]: white acceleration noise of spectral density
+    q2 integrated over one step (the exact discretization); R = r2.
+    """
+    if not dt > 0 or q2 < 0 or r2 < 0:
+        raise ValueError(f"need dt > 0, q2 >= 0, r2 >= 0; got dt={dt}, q2={q2}, r2={r2}")
+    A = torch.tensor([[1.0, dt], [0.0, 1.0]], dtype=torch.float64)
+    C = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    Q = q2 * torch.tensor([[dt**3 / 3, dt**2 / 2], [dt**2 / 2, dt]], dtype=torch.float64)
+    return LinearSSM(A, C, Q, torch.tensor([[r2]], dtype=torch.float64))
+
+
+def random_walk(dt: float = 0.02, r2: float = 1.0, obs: str = "identity",
+                angle_deg: float = 0.0) -> LinearSSM:
+    """The model a linear KF can assume for Lorenz data: x_t = x_{t-1} + w_t, y = H x + v.
+
+    It knows the observation (identity or rotated; spherical is not linear) but none of
+    the dynamics: Q must cover the whole motion of one step, RANDOM_WALK_Q2 (dt / 0.02)^2.
+    """
+    if obs == "spherical":
+        raise ValueError("a linear Kalman filter needs a linear observation (identity or "
+                         "rotated), not spherical; use ekf, ukf or pf")
+    if obs not in OBSERVATIONS:
+        raise ValueError(f"obs must be one of {', '.join(OBSERVATIONS)}, got {obs!r}")
+    if not dt > 0 or r2 < 0:
+        raise ValueError(f"need dt > 0 and r2 >= 0, got dt={dt}, r2={r2}")
+    eye = torch.eye(3, dtype=torch.float64)
+    C = _rotation_z(angle_deg) if obs == "rotated" else eye
+    return LinearSSM(eye, C, RANDOM_WALK_Q2 * (dt / 0.02) ** 2 * eye, r2 * eye)
