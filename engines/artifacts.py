@@ -6,7 +6,8 @@ safetensors: loading them cannot run code (no pickle). Writing artifacts is the 
 stack's job (mbdl_app/training/artifact.py); engines only read them.
 
 `load_artifact(directory)` turns a verified artifact into an engine, by its card's task:
-"sparse-coding" -> `engines.sparse_models.engine_from_artifact`.
+"sparse-coding" -> `engines.sparse_models.engine_from_artifact`, "tracking" ->
+`engines.tracking.learned.engine_from_artifact`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from engines.errors import ArtifactError
 CARD = "card.json"
 WEIGHTS = "weights.safetensors"
 
-_TASK_BUILDERS = {"sparse-coding": "engines.sparse_models:engine_from_artifact"}
+_TASK_BUILDERS = {"sparse-coding": "engines.sparse_models:engine_from_artifact",
+                  "tracking": "engines.tracking.learned:engine_from_artifact"}
 
 
 def sha256_of(path: Path) -> str:

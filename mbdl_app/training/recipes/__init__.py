@@ -141,4 +141,12 @@ def _register_sparse() -> None:
         register_recipe(recipe.name, recipe)
 
 
+def _register_tracking() -> None:
+    from mbdl_app.training.recipes.tracking import RECIPES
+
+    for recipe in RECIPES:
+        register_recipe(recipe.name, recipe)
+
+
 _register_sparse()
+_register_tracking()

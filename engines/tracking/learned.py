@@ -1,0 +1,144 @@
+"""Trained tracker modules as TrackerEngines, and tracking artifacts as engines.
+
+`LearnedTracker` wraps any module that follows the stateful-tracker contract of
+engines/artifacts.py (`state_names`, `has_cov`, `init_state(n, z0)`,
+`step_tensors(y, *state) -> (mean, cov, *next_state)`): KalmanNet (both architectures),
+the GRU tracker and the model-based RNN. The module is run in inference mode on torch,
+float32; the engine keeps the state between calls.
+
+Artifact layout (task "tracking"): card.json has `architecture` = {"name", "kwargs"}
+(kwargs of the module's constructor other than the model), `model` = the LorenzSSM
+parameters the module assumes {J, dt, q2, r2, obs, angle_deg} and `x0`, the prior mean;
+weights.safetensors holds the state dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from engines.base import EngineInfo, Estimate, Family, check_finite
+from engines.errors import ArtifactError, BackendUnavailable, EngineError, EngineInputError
+from engines.tracking.ssm import LorenzSSM
+
+
+@dataclass(frozen=True)
+class TrackerArchitecture:
+    """How to build one tracker module from (ssm, x0, **kwargs), and its family."""
+
+    build: Callable[..., nn.Module]
+    family: Family
+
+
+def _kalmannet(ssm: LorenzSSM, x0, **kwargs) -> nn.Module:
+    from engines.tracking.kalmannet import KalmanNet
+
+    return KalmanNet(ssm, x0=x0, **kwargs)
+
+
+def _gru_tracker(ssm: LorenzSSM, x0, **kwargs) -> nn.Module:
+    from engines.tracking.rnn import GRUTracker
+
+    return GRUTracker(ssm, x0=x0, **kwargs)
+
+
+def _model_based_rnn(ssm: LorenzSSM, x0, **kwargs) -> nn.Module:
+    from engines.tracking.rnn import ModelBasedRNN
+
+    return ModelBasedRNN(ssm, x0=x0, **kwargs)
+
+
+ARCHITECTURES: dict[str, TrackerArchitecture] = {
+    "kalmannet": TrackerArchitecture(_kalmannet, "dnn-aided"),
+    "gru-tracker": TrackerArchitecture(_gru_tracker, "black-box"),
+    "model-based-rnn": TrackerArchitecture(_model_based_rnn, "dnn-aided"),
+}
+
+
+def build_tracker_module(name: str, model: dict[str, Any], x0, **kwargs: Any) -> nn.Module:
+    """The untrained module of architecture `name` on LorenzSSM(**model), prior mean x0."""
+    arch = ARCHITECTURES.get(name)
+    if arch is None:
+        raise ValueError(f"unknown tracker architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
+    return arch.build(LorenzSSM(**model), tuple(float(v) for v in x0), **kwargs)
+
+
+class LearnedTracker:
+    """TrackerEngine around a stateful tracker module (contract in the module docstring).
+
+    reset(n, z0): n tracks from z0 (n, state dim) or the module's prior. step(y): y (N, m)
+    -> Estimate(mean (N, n) float64, cov (N, n, n) float64 or None when the module has
+    none). Raises EngineInputError on a wrong shape or non-finite y, EngineError if the
+    estimate turns non-finite; either way the state is unchanged.
+    """
+
+    def __init__(self, name: str, family: Family, module: nn.Module) -> None:
+        self.module = module.float().eval()
+        self.n_state, self.m = module.n, module.m
+        self.info = EngineInfo(
+            name=name, family=family, task="tracking", backend="torch", window=1,
+            in_shape=(self.m,), out_shape=(self.n_state,),
+            n_params=sum(p.numel() for p in module.parameters() if p.requires_grad),
+        )
+        self.reset(1)
+
+    def reset(self, n: int = 1, z0: np.ndarray | None = None) -> None:
+        """Start n tracks at z0 (n, state dim), or at the module's prior mean."""
+        name = self.info.name
+        if n < 1:
+            raise EngineInputError(f"{name}: need n >= 1 tracks, got {n}")
+        if z0 is not None:
+            z0 = np.asarray(z0, dtype=np.float64)
+            if z0.shape != (n, self.n_state):
+                raise EngineInputError(f"{name}: z0 must be ({n}, {self.n_state}), got {z0.shape}")
+            check_finite(name, z0)
+            z0 = torch.from_numpy(z0).float()
+        with torch.inference_mode():
+            self.state = self.module.init_state(n, z0)
+        self.n = n
+
+    def step(self, y: np.ndarray) -> Estimate:
+        """Filter one observation per track: y (N, m) -> Estimate of x_{t|t}."""
+        name = self.info.name
+        y = np.asarray(y, dtype=np.float64)
+        if y.shape != (self.n, self.m):
+            raise EngineInputError(f"{name}: expected y of shape ({self.n}, {self.m}), got {y.shape}")
+        check_finite(name, y)
+        with torch.inference_mode():
+            mean, cov, *state = self.module.step_tensors(torch.from_numpy(y).float(), *self.state)
+        mean = mean.numpy().astype(np.float64)
+        cov = cov.numpy().astype(np.float64) if self.module.has_cov else None
+        if not np.isfinite(mean).all() or (cov is not None and not np.isfinite(cov).all()):
+            raise EngineError(f"{name}: the estimate became non-finite; the tracker state is unchanged")
+        self.state = tuple(state)
+        return Estimate(mean=mean, cov=cov)
+
+
+def engine_from_artifact(art, *, backend: str = "auto") -> LearnedTracker:
+    """The LearnedTracker of a verified tracking artifact (engines.artifacts.Artifact).
+
+    Rebuilds the card's architecture on its model and loads the state dict strictly (a
+    missing or extra tensor is an ArtifactError). Torch only here.
+    """
+    where = art.path / "card.json"
+    if backend not in ("auto", "torch"):
+        raise BackendUnavailable(f"{art.card.get('name')}: runs on torch here, not {backend!r}")
+    spec = art.card.get("architecture") or {}
+    try:
+        module = build_tracker_module(spec.get("name"), art.card["model"], art.card["x0"],
+                                      **spec.get("kwargs", {}))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ArtifactError(f"{where}: architecture {spec} cannot be built: {e}") from None
+    try:
+        module.load_state_dict(art.weights)
+    except RuntimeError as e:
+        raise ArtifactError(f"{art.path / 'weights.safetensors'}: does not fit {spec.get('name')}: "
+                            f"{str(e).splitlines()[0]}") from None
+    engine = LearnedTracker(art.card.get("name", art.path.name), ARCHITECTURES[spec["name"]].family, module)
+    engine.card = art.card
+    return engine
