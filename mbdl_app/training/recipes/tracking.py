@@ -1,5 +1,8 @@
 """Recipes for the learned Lorenz trackers: KalmanNet (#2, #1), the GRU tracker, the model-based RNN.
 
+Shipped (exported_models/): kalmannet-lorenz and kalmannet-lorenz-rot. kalmannet1-lorenz,
+gru-lorenz and mbrnn-lorenz are trained by `mbdl train NAME --out DIR` when wanted.
+
 Settings (ANCHORS.md "Tracking - KalmanNet on the Lorenz attractor"; Revach et al. 2022):
 
   lorenz       sampling mismatch (seed Table 2): truth integrated at dt = 1e-5 (J = 5) and
@@ -237,5 +240,9 @@ RECIPES = (
                    "lorenz-rot", {"arch": "arch2"}),
     TrackingRecipe("kalmannet1-lorenz", "KalmanNet architecture #1 (seed Ex. 18)", "kalmannet", "lorenz",
                    {"arch": "arch1"}),
+    TrackingRecipe("gru-lorenz", "black-box GRU tracker (hidden 64)", "gru-tracker", "lorenz",
+                   {"hidden": 64}),
+    TrackingRecipe("mbrnn-lorenz", "model-based RNN: GRU increment over f(x) (hidden 64)", "model-based-rnn",
+                   "lorenz", {"hidden": 64}),
 )
 SHIPPED = ("kalmannet-lorenz", "kalmannet-lorenz-rot")
