@@ -26,9 +26,15 @@ from engines.errors import ArtifactError
 
 CARD = "card.json"
 WEIGHTS = "weights.safetensors"
+OPERATOR_KEY = "operator"  # the forward operator (e.g. a sparse-coding model's H), when the weights store one
 
 _TASK_BUILDERS = {"sparse-coding": "engines.sparse_models:engine_from_artifact",
                   "tracking": "engines.tracking.learned:engine_from_artifact"}
+
+
+def engine_tasks() -> list[str]:
+    """The card tasks that load_artifact can turn into an engine."""
+    return sorted(_TASK_BUILDERS)
 
 
 def sha256_of(path: Path) -> str:
@@ -89,10 +95,16 @@ def read_artifact(directory: str | Path) -> Artifact:
 def load_artifact(directory: str | Path, backend: str = "auto"):
     """The engine stored in an artifact folder, verified by sha256 (read_artifact).
 
-    Dispatches on the card's `task`; the engine carries `artifact_sha256` (the weights'
-    sha256, which recordings store). Raises ArtifactError for an unknown task or a card
-    that does not describe a model this code can build.
+    `backend`: "torch", "onnxruntime", "tensorrt" or "auto"; the torch engine is built by
+    the card's `task`, the others from model.onnx (engines/runtime/backends.py, which
+    also makes the "auto" choice). Every engine carries `card` and `artifact_sha256` (the
+    weights' sha256, which recordings store), and one whose weights store an `operator`
+    (e.g. a sparse-coding model's H) that operator as numpy. Raises ArtifactError for an
+    unknown task or a card that does not describe a model this code can build,
+    BackendUnavailable when the backend cannot run it here.
     """
+    from engines.runtime.backends import build
+
     art = read_artifact(directory)
     task = art.card.get("task")
     entry = _TASK_BUILDERS.get(task)
@@ -100,6 +112,16 @@ def load_artifact(directory: str | Path, backend: str = "auto"):
         raise ArtifactError(f"{Path(directory) / CARD}: no engine for task {task!r}; "
                             f"known: {', '.join(sorted(_TASK_BUILDERS))}")
     module, _, fn = entry.partition(":")
-    engine = getattr(importlib.import_module(module), fn)(art, backend=backend)
+    built: list[Any] = []
+
+    def torch_engine():
+        if not built:  # one torch engine per load, shared by the auto probe and a tracker's init_state
+            built.append(getattr(importlib.import_module(module), fn)(art, backend="torch"))
+        return built[0]
+
+    engine = build(art, backend, torch_engine)
+    engine.card = art.card
     engine.artifact_sha256 = art.sha256
+    if OPERATOR_KEY in art.weights and not hasattr(engine, "operator"):
+        engine.operator = art.weights[OPERATOR_KEY].to(torch.float32).numpy()
     return engine

@@ -7,8 +7,10 @@
     mbdl info FILE
     mbdl devices [--json]
     mbdl export FILE [--out DIR] [--format ome.tif|seq.mha|csv ...]
+    mbdl export ARTIFACT [--fp16]     model.onnx (+ sha256 in the card)
     mbdl train NAME [--quick] [--out DIR] [--resume]
-    mbdl bench session | serial | gui | sparse
+    mbdl bench session | serial | gui | sparse | engines
+    mbdl doctor [--json]
 
 Errors print one line naming the input and the problem and exit with code 2;
 `--debug` shows the traceback.
@@ -207,17 +209,42 @@ def devices(
         print("no cameras or serial ports found")
 
 
+def artifact_folder(target: str) -> Path | None:
+    """The artifact folder `target` names (a folder with card.json, a shipped artifact or one in
+    the user cache), or None when it names none (then it is a recording)."""
+    import exported_models
+    from mbdl_app.training.artifact import CARD, cache_dir
+
+    for folder in (Path(target), exported_models.ROOT / target, cache_dir("artifacts") / target):
+        if (folder / CARD).is_file():
+            return folder
+    return None
+
+
 @app.command()
 def export(
-    file: Annotated[Path, typer.Argument(help="A recording (.h5).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("export"),
+    target: Annotated[str, typer.Argument(help="An artifact (name or folder): its model.onnx; "
+                                                "or a recording (.h5): its frames and tracks.")],
+    fp16: Annotated[bool, typer.Option("--fp16", help="Artifacts: also model.fp16.onnx "
+                                                      "(float16 inside, for TensorRT 11).")] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Recordings: output folder.")] = Path("export"),
     fmt: Annotated[list[str] | None, typer.Option("--format", "-f",
-                   help="ome.tif (frames), seq.mha (frames, 3D Slicer), csv (tracks).")] = None,
+                   help="Recordings: ome.tif (frames), seq.mha (frames, 3D Slicer), csv (tracks).")] = None,
 ) -> None:
-    """Export a recording: frames to OME-TIFF / .seq.mha, tracks and results to CSV."""
+    """Export an artifact to ONNX (model.onnx + sha256 in its card), or a recording: frames to
+    OME-TIFF / .seq.mha, tracks and results to CSV."""
+    folder = artifact_folder(target)
+    if folder is not None:
+        from engines.runtime.onnx_export import export_artifact
+
+        entry = export_artifact(folder, fp16=fp16)
+        print(f"{folder / 'model.onnx'}  opset {entry['opset']}  sha256 {entry['sha256']}")
+        if entry["fp16"]:
+            print(f"{folder / entry['fp16']['file']}  sha256 {entry['fp16']['sha256']}")
+        return
     from drivers.export import export_recording
 
-    for path in export_recording(file, out, tuple(fmt) if fmt else ("ome.tif", "csv")):
+    for path in export_recording(Path(target), out, tuple(fmt) if fmt else ("ome.tif", "csv")):
         print(path)
 
 
@@ -320,6 +347,38 @@ def bench_sparse(
     from mbdl_app.bench.sparse_bench import run_sparse_bench
 
     run_sparse_bench(out, n=n, quick=quick)
+
+
+@bench_app.command("engines")
+def bench_engines(
+    out: Annotated[Path, typer.Option(help="Folder for engines.json.")] = Path("bench_out"),
+    name: Annotated[list[str] | None, typer.Option("--name", "-n",
+                    help="Artifact(s); default: all shipped.")] = None,
+    backend: Annotated[list[str] | None, typer.Option("--backend", "-b",
+                       help="torch, onnxruntime, tensorrt (default: all three).")] = None,
+    repeats: Annotated[int, typer.Option(help="Batch-1 calls per backend.")] = 300,
+    throughput_repeats: Annotated[int, typer.Option(help="Calls per backend at batch 8 and 32.")] = 30,
+) -> None:
+    """Each artifact on each backend: latency p50/p99, throughput, first-call time, memory; ORT/torch."""
+    from mbdl_app.bench.engines_bench import BACKENDS, run_engines_bench
+
+    unknown = sorted(set(backend or ()) - set(BACKENDS))
+    if unknown:
+        raise ConfigError(f"--backend {', '.join(unknown)}: expected one of {', '.join(BACKENDS)}")
+    run_engines_bench(out, name, tuple(backend) if backend else BACKENDS, repeats, throughput_repeats)
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Versions, GPUs, engine backends, cache dir, whether Qt opens a window, devices."""
+    import json
+
+    from mbdl_app.doctor import collect, render
+
+    report = collect()
+    print(json.dumps(report, indent=2) if as_json else render(report))
 
 
 def main(argv: list[str] | None = None) -> None:

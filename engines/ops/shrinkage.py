@@ -57,11 +57,11 @@ def support_selection(z: Tensor, theta: Tensor | float, q: float) -> Tensor:
     (0.012 = 1.2 %); q = 0 is the plain soft threshold. The selection itself carries no
     gradient; the values do.
     """
-    k = round(q * z.shape[-1])
+    k = round(q * int(z.shape[-1]))
     shrunk = soft_threshold(z, theta)
     if k == 0:
         return shrunk
     magnitude = z.abs()
-    top = torch.zeros_like(magnitude, dtype=torch.bool)
-    top.scatter_(-1, magnitude.topk(k, dim=-1).indices, True)
+    # a float mask scattered out of place: the ONNX tracer cannot export a scatter of a bool
+    top = torch.zeros_like(magnitude).scatter(-1, magnitude.topk(k, dim=-1).indices, 1.0).bool()
     return torch.where(top & (magnitude > theta), z, shrunk)

@@ -181,7 +181,7 @@ def _run(out: Path, n: int, quick: bool, repeats: int, log) -> dict[str, Any]:
                                      _time_ms(engine, x_np, repeats) * 1000 / n, params, "engines.load"))
         for method in LEARNED:
             folder, source = _artifact(f"{method}-cs{suffix}", quick, out / "models", log)
-            engine = load_artifact(folder)
+            engine = load_artifact(folder, backend="torch")  # the per-layer curves need the module
             if not np.allclose(engine.operator, problem.H.numpy()):
                 raise RuntimeError(f"{folder}: its H is not the benchmark's sensing_matrix(seed={H_SEED})")
             measured.append(Measured(method, engine.info.family, _curve(engine.module, test.x, test.s),

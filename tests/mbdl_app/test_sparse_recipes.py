@@ -48,7 +48,7 @@ def test_recipe_runs_quick_and_its_card_holds_held_out_metrics(tmp_path, name):
     assert metrics["test_nmse_db"] == curve[-1] < -1.0 and metrics["test_seed"] == TEST_SEED
     assert card["problem"]["snr_db"] == NOISE[name[name.index("-cs") + len("-cs"):]]
     # the artifact is an engine whose output is its torch module's, on its own stored H
-    engine = load_artifact(folder)
+    engine = load_artifact(folder, backend="torch")
     H = SparseProblem.standard(seed=card["problem"]["H_seed"], m=QUICK.m, n=QUICK.n, dtype=torch.float32).H
     np.testing.assert_array_equal(engine.operator, H.numpy())
     x = torch.randn(4, QUICK.m, generator=torch.Generator().manual_seed(1))

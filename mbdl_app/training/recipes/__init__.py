@@ -2,7 +2,9 @@
 
 A recipe's `build(quick)` returns a `Plan` (model, data, loss, config, stages, held-out
 evaluation, static card fields); the shared `Recipe.run` trains it with the Trainer and
-writes the artifact folder (weights.safetensors + card.json). Recipes are registered
+writes the artifact folder (weights.safetensors + card.json), then exports model.onnx
+into it when the artifact's task has an engine (engines/runtime/onnx_export.py), so every
+trained model also runs on ONNX Runtime and TensorRT. Recipes are registered
 as "module:attribute" and imported on first use, so listing them imports none.
 """
 
@@ -18,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from engines.runtime.onnx_export import export_artifact, exportable
 from mbdl_app.training.artifact import Artifact, read_artifact, write_artifact
 from mbdl_app.training.errors import TrainingError, UnknownRecipeError
 from mbdl_app.training.seeding import seed_everything
@@ -102,7 +105,10 @@ class Recipe(ABC):
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             card = {**plan.card, "name": self.name, "training": training, "metrics": metrics}
-            return write_artifact(target, trainer.model, card, extra=plan.extra_tensors)
+            folder = write_artifact(target, trainer.model, card, extra=plan.extra_tensors)
+            if exportable(folder):  # model.onnx for the ONNX Runtime / TensorRT backends
+                export_artifact(folder)
+            return folder
 
 
 _RECIPES: dict[str, str | Recipe] = {

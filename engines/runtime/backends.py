@@ -1,0 +1,214 @@
+"""Which runtime runs an artifact: what is available here, the "auto" choice, and the runtime engines.
+
+Backends: "torch" (the artifact's module), "onnxruntime" (model.onnx; GPU providers when
+this onnxruntime build has them, else the CPU), "tensorrt" (model.onnx built on this GPU).
+`auto` (issue 6) takes the first that can run the artifact in the order
+
+    tensorrt > onnxruntime-gpu > onnxruntime-cpu / torch
+
+and between the two CPU runtimes by measured speed: a probe (PROBE_CALLS batch-1 calls
+of each, interleaved) runs once per artifact, machine and versions and is cached in
+`cache_dir("backend-probe")` as JSON; the one with the lower minimum wins (the minimum,
+not the median: on shared cores a preempted call measures the neighbours, not the
+runtime). An artifact without model.onnx
+runs on torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.errors import ArtifactError, BackendUnavailable, EngineError
+from engines.runtime import onnxruntime_runtime as ort_rt
+from engines.runtime import tensorrt_runtime as trt_rt
+from engines.runtime.cache import cache_dir, cache_key
+
+ONNX_FILE = "model.onnx"
+RUNTIMES = ("torch", "onnxruntime", "tensorrt")
+PROBE_CALLS = 20
+
+log = logging.getLogger(__name__)
+
+
+def available_backends() -> dict[str, tuple[bool, str]]:
+    """Each backend (ONNX Runtime split by device) -> (usable here, version or why not)."""
+    import torch
+
+    return {
+        "tensorrt": trt_rt.available(),
+        "onnxruntime-gpu": ort_rt.available("gpu"),
+        "onnxruntime-cpu": ort_rt.available("cpu"),
+        "torch": (True, f"torch {torch.__version__}"),
+    }
+
+
+def has_onnx(art) -> bool:
+    """Whether the artifact's card lists an exported model.onnx."""
+    return ONNX_FILE in art.card.get("files", {}) and "onnx" in art.card
+
+
+def _onnx_path(art) -> Path:
+    if not has_onnx(art):
+        raise BackendUnavailable(
+            f"{art.path}: has no {ONNX_FILE} in its card; "
+            f"run `mbdl export {art.card.get('name', art.path.name)}`"
+        )
+    return art.path / ONNX_FILE
+
+
+def _name(art) -> str:
+    return art.card.get("name", art.path.name)
+
+
+def _is_tracker(art) -> bool:
+    return art.card["onnx"]["inputs"][0]["name"] == "y"
+
+
+def _tracker_parts(art, torch_engine: Callable[[], Any]):
+    """(state names, init_state(n, z0) -> numpy tuple, has_cov) of a tracker artifact, from its module."""
+    import torch
+
+    module = getattr(torch_engine(), "module", None)
+    if module is None or not hasattr(module, "init_state"):
+        raise ArtifactError(f"{art.path}: a tracker graph, but its torch engine exposes no module.init_state")
+
+    def init_state(n: int, z0: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        z = None if z0 is None else torch.as_tensor(np.asarray(z0), dtype=torch.float32)
+        with torch.inference_mode():
+            return tuple(s.float().numpy() for s in module.init_state(n, z))
+
+    return tuple(module.state_names), init_state, bool(getattr(module, "has_cov", False))
+
+
+def onnxruntime_engine(art, torch_engine: Callable[[], Any], device: str | None = None):
+    """The artifact on ONNX Runtime: `device` "gpu", "cpu", or None = GPU when available."""
+    path = _onnx_path(art)
+    if device is None:
+        device = "gpu" if ort_rt.available("gpu")[0] else "cpu"
+    session = ort_rt.open_session(path, device)
+    info = ort_rt.info_from_card(art.card, _name(art), "onnxruntime")
+    if _is_tracker(art):
+        return ort_rt.OrtTrackerEngine(info, session, *_tracker_parts(art, torch_engine))
+    return ort_rt.OrtEngine(info, session)
+
+
+def tensorrt_engine(art, torch_engine: Callable[[], Any], precision: str = "fp32"):
+    """The artifact on TensorRT, built on this GPU or loaded from the engine cache."""
+    ok, why = trt_rt.available()
+    if not ok:
+        raise BackendUnavailable(f"{_name(art)}: TensorRT unavailable: {why}")
+    path = _onnx_path(art)
+    serialized, built = trt_rt.load_or_build(path, art.card["onnx"]["sha256"], art.card, precision)
+    graph = trt_rt.TrtGraph(serialized, path)
+    info = ort_rt.info_from_card(art.card, _name(art), "tensorrt")
+    engine = (
+        trt_rt.TrtTrackerEngine(info, graph, *_tracker_parts(art, torch_engine))
+        if _is_tracker(art)
+        else trt_rt.TrtEngine(info, graph)
+    )
+    engine.built = built
+    return engine
+
+
+def _probe_input(engine, rng: np.random.Generator) -> np.ndarray:
+    return rng.standard_normal((1, *engine.info.in_shape)).astype(np.float32)
+
+
+def _call_once(engine, x: np.ndarray) -> float:
+    start = time.perf_counter()
+    if hasattr(engine, "step"):
+        engine.step(x)
+    else:
+        engine(x)
+    return time.perf_counter() - start
+
+
+def probe_cpu(engines: dict[str, Any], calls: int = PROBE_CALLS) -> dict[str, float]:
+    """Minimum batch-1 latency (ms) of each engine, calls interleaved so that load shifts hit all alike."""
+    rng = np.random.default_rng(0)
+    x = _probe_input(next(iter(engines.values())), rng) * 0.1  # a small input keeps every model finite
+    for e in engines.values():
+        if hasattr(e, "reset"):
+            e.reset(1)
+        _call_once(e, x)  # warm-up: first-call allocations and lazy initialization
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    for _ in range(calls):
+        for k, e in engines.items():
+            times[k].append(_call_once(e, x))
+    return {k: float(np.min(v) * 1e3) for k, v in times.items()}
+
+
+def _probe_path(art) -> Path:
+    import onnxruntime
+    import torch
+
+    key = cache_key(
+        art.card["onnx"]["sha256"][:16],
+        f"torch{torch.__version__}",
+        f"ort{onnxruntime.__version__}",
+        platform.machine(),
+        f"cpus{os.cpu_count()}",
+    )
+    return cache_dir("backend-probe") / f"{key}.json"
+
+
+def cpu_choice(art, torch_engine: Callable[[], Any]) -> tuple[str, Any]:
+    """("onnxruntime" or "torch", the engine or None): the faster CPU runtime, probed once and cached."""
+    path = _probe_path(art)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["choice"], None
+    except (OSError, ValueError, KeyError):
+        pass
+    candidates = {"onnxruntime": onnxruntime_engine(art, torch_engine, "cpu"), "torch": torch_engine()}
+    fastest = probe_cpu(candidates)
+    choice = min(fastest, key=fastest.get)
+    record = {
+        "artifact": _name(art),
+        "onnx_sha256": art.card["onnx"]["sha256"],
+        "min_ms": fastest,
+        "choice": choice,
+        "calls": PROBE_CALLS,
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return choice, candidates[choice]
+
+
+def build(art, backend: str, torch_engine: Callable[[], Any]):
+    """The engine of a verified artifact on `backend` ("auto", "torch", "onnxruntime", "tensorrt").
+
+    `torch_engine()` builds the torch engine (also the source of a tracker's init_state).
+    Raises BackendUnavailable naming the artifact and the reason.
+    """
+    if backend == "torch":
+        return torch_engine()
+    if backend == "onnxruntime":
+        return onnxruntime_engine(art, torch_engine)
+    if backend == "tensorrt":
+        return tensorrt_engine(art, torch_engine)
+    if backend != "auto":
+        raise BackendUnavailable(
+            f"{_name(art)}: unknown backend {backend!r}; one of auto, {', '.join(RUNTIMES)}"
+        )
+    if not has_onnx(art):
+        return torch_engine()
+    if trt_rt.available()[0]:
+        try:
+            return tensorrt_engine(art, torch_engine)
+        except EngineError as e:  # a graph TensorRT cannot build still runs on the next runtime
+            log.warning("%s: TensorRT failed, trying ONNX Runtime: %s", _name(art), e)
+    if ort_rt.available("gpu")[0]:
+        return onnxruntime_engine(art, torch_engine, "gpu")
+    choice, engine = cpu_choice(art, torch_engine)
+    if engine is not None:
+        return engine
+    return onnxruntime_engine(art, torch_engine, "cpu") if choice == "onnxruntime" else torch_engine()

@@ -1,0 +1,200 @@
+"""Exporting an artifact's torch module to ONNX: model.onnx beside its weights, recorded in the card.
+
+The graph follows the agreed contract (ARCHITECTURE.md "Formats"):
+- stateless artifacts (sparse coding, imaging): `forward(x) -> y`, input "x", output "y";
+- stateful trackers: ONE step, `step_tensors(y, *state) -> (mean, cov, *next_state)`, inputs
+  "y" and the module's `state_names`, outputs "mean", "cov" and "next_<name>" per state, so
+  the recurrent state is an explicit input/output and no runtime keeps hidden state.
+Every input and output has a dynamic batch axis 0. Exported with the TorchScript exporter
+(`dynamo=False`) at opset 17 and checked with `onnx.checker`. `--fp16` adds
+model.fp16.onnx (float16 inside, float32 inputs/outputs): the precision TensorRT 11 reads
+from the graph instead of a builder flag.
+
+`export_artifact(directory)` rebuilds the torch module from the verified artifact (the
+module that `engines.load(name, backend="torch")` runs, so ONNX and torch cannot drift),
+writes the file(s) and rewrites card.json: `files` gains their sha256 and `onnx` says
+opset, inputs, outputs (name, shape, dtype), sha256 and the fp16 file.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from engines.artifacts import CARD, engine_tasks, load_artifact, sha256_of
+from engines.errors import ArtifactError
+
+OPSET = 17
+ONNX_FILE = "model.onnx"
+ONNX_FP16_FILE = "model.fp16.onnx"
+EXAMPLE_BATCH = 2  # > 1, so that no size-1 axis is mistaken for a broadcast one while tracing
+
+
+def _matrix_transpose(g, self):
+    """aten::mT: the last two axes swapped."""
+    perm = list(range(self.type().dim()))
+    perm[-2], perm[-1] = perm[-1], perm[-2]
+    return g.op("Transpose", self, perm_i=perm)
+
+
+def _sign(g, self):
+    """aten::sgn (sign, complex-aware) on the real tensors that ONNX carries: ONNX Sign."""
+    return g.op("Sign", self)
+
+
+# ops the TorchScript exporter lacks at opset 17 (the engines' code keeps the readable form)
+torch.onnx.register_custom_op_symbolic("aten::mT", _matrix_transpose, OPSET)
+torch.onnx.register_custom_op_symbolic("aten::sgn", _sign, OPSET)
+
+
+class _OneStep(nn.Module):
+    """A tracker module's `step_tensors` as `forward`, the graph of one time step."""
+
+    def __init__(self, tracker: nn.Module) -> None:
+        super().__init__()
+        self.tracker = tracker
+
+    def forward(self, y: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self.tracker.step_tensors(y, *state))
+
+
+def is_tracker(module: nn.Module) -> bool:
+    """Whether `module` follows the stateful tracker contract (state_names, init_state, step_tensors)."""
+    return all(hasattr(module, a) for a in ("state_names", "init_state", "step_tensors"))
+
+
+def _example_input(card: dict[str, Any], where: Path) -> Tensor:
+    shape = (card.get("input") or {}).get("shape")
+    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) for d in shape[1:]):
+        raise ArtifactError(f'{where}: input.shape must be ["N", d1, ...] with integer sizes, got {shape!r}')
+    return torch.randn(EXAMPLE_BATCH, *shape[1:], generator=torch.Generator().manual_seed(0))
+
+
+def graph_spec(module: nn.Module, card: dict[str, Any], where: Path):
+    """(graph module, example inputs, input names, output names) for the contract of `module`."""
+    x = _example_input(card, where)
+    if not is_tracker(module):
+        return module, (x,), ["x"], ["y"]
+    names = tuple(module.state_names)
+    state = tuple(module.init_state(EXAMPLE_BATCH, None))
+    if len(state) != len(names):
+        raise ArtifactError(f"{where}: init_state returned {len(state)} tensors for state_names {names}")
+    return (_OneStep(module), (x, *state), ["y", *names], ["mean", "cov", *(f"next_{n}" for n in names)])
+
+
+def export_module(module: nn.Module, card: dict[str, Any], path: Path, where: Path) -> None:
+    """Write the contract graph of `module` (float32) to `path` and check it."""
+    graph, example, inputs, outputs = graph_spec(module.float().eval(), card, where)
+    with warnings.catch_warnings(), torch.no_grad():
+        # tracing turns sizes into constants (e.g. support selection's k); the batch axis stays dynamic
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # the contract names the TorchScript exporter
+        torch.onnx.export(
+            graph,
+            example,
+            str(path),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes={n: {0: "N"} for n in inputs + outputs},
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+        sizes = [tuple(t.shape) for t in _as_tuple(graph(*example))]
+    # shape inference loses sizes behind Where/Add broadcasts; the traced outputs know them
+    model = onnx.load(str(path))
+    for value, size in zip(model.graph.output, sizes, strict=True):
+        for dim, n in zip(list(value.type.tensor_type.shape.dim)[1:], size[1:], strict=True):
+            dim.Clear()
+            dim.dim_value = n
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def _as_tuple(out: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return out if isinstance(out, tuple) else (out,)
+
+
+def to_fp16(src: Path, dst: Path) -> None:
+    """model.onnx with float16 weights and arithmetic but float32 inputs and outputs."""
+    from onnxconverter_common.float16 import convert_float_to_float16
+
+    with warnings.catch_warnings():  # it warns for each weight below fp16's range, which becomes 0
+        warnings.simplefilter("ignore", UserWarning)
+        model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(model, str(dst))
+    onnx.checker.check_model(str(dst), full_check=True)
+
+
+def _tensor_spec(values) -> list[dict[str, Any]]:
+    elem = onnx.helper.tensor_dtype_to_np_dtype
+    return [
+        {
+            "name": v.name,
+            "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+            "dtype": str(elem(v.type.tensor_type.elem_type)),
+        }
+        for v in values
+    ]
+
+
+def exportable(directory: str | Path) -> bool:
+    """Whether the artifact's card names a task with an engine, i.e. a torch module to export."""
+    card = json.loads((Path(directory) / CARD).read_text(encoding="utf-8"))
+    return card.get("task") in engine_tasks()
+
+
+def torch_module(directory: Path) -> nn.Module:
+    """The artifact's torch module, from its verified weights (the torch engine's `module`)."""
+    engine = load_artifact(directory, backend="torch")
+    module = getattr(engine, "module", None)
+    if not isinstance(module, nn.Module):
+        raise ArtifactError(f"{directory / CARD}: its torch engine exposes no nn.Module to export")
+    return module
+
+
+def export_artifact(directory: str | Path, fp16: bool = False) -> dict[str, Any]:
+    """Export the artifact in `directory` to model.onnx (and model.fp16.onnx with `fp16`).
+
+    Rewrites card.json with the files' sha256 under `files` and the graph under `onnx`;
+    returns that `onnx` entry. A previous fp16 file that is not regenerated is removed
+    from the card and the folder (it would no longer match model.onnx). Raises
+    ArtifactError naming the artifact when it cannot be read or exported.
+    """
+    directory = Path(directory)
+    module = torch_module(directory)
+    card_path = directory / CARD
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    path = directory / ONNX_FILE
+    try:
+        export_module(module, card, path, card_path)
+    except (RuntimeError, TypeError, ValueError, onnx.checker.ValidationError) as e:
+        raise ArtifactError(f"{directory}: ONNX export failed: {str(e).splitlines()[0]}") from None
+    graph = onnx.load(str(path)).graph
+    files = {k: v for k, v in card["files"].items() if k != ONNX_FP16_FILE}
+    files[ONNX_FILE] = sha256_of(path)
+    entry: dict[str, Any] = {
+        "opset": OPSET,
+        "inputs": _tensor_spec(graph.input),
+        "n_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        "outputs": _tensor_spec(graph.output),
+        "sha256": files[ONNX_FILE],
+        "exporter": f"torch {torch.__version__} (TorchScript), onnx {onnx.__version__}",
+        "fp16": None,
+    }
+    fp16_path = directory / ONNX_FP16_FILE
+    if fp16:
+        to_fp16(path, fp16_path)
+        files[ONNX_FP16_FILE] = sha256_of(fp16_path)
+        entry["fp16"] = {"file": ONNX_FP16_FILE, "sha256": files[ONNX_FP16_FILE]}
+    else:
+        fp16_path.unlink(missing_ok=True)
+    card["files"], card["onnx"] = files, entry
+    card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    return entry

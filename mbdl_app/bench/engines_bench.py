@@ -1,0 +1,202 @@
+"""`mbdl bench engines`: every artifact on every backend available here, measured side by side.
+
+Per artifact and backend (torch, onnxruntime, tensorrt):
+- first call: loading the engine (ONNX Runtime session / TensorRT build or cache load /
+  torch module) plus its first call, in seconds;
+- latency at batch 1, p50 and p99 in ms (trackers: one `step` after `reset(1)`), with the
+  backends' calls interleaved so that a load change on shared cores hits all alike;
+- throughput at batch 8 and 32 (samples/s, from the median time of a call; trackers:
+  steps of 8 or 32 tracks);
+- memory: growth of the process RSS from before loading to after the runs (MiB;
+  approximate, since allocators keep freed pages and backends share the process).
+Every artifact also gets the ratio ONNX Runtime p50 / torch p50 at batch 1 (the issue's
+CPU target: <= 0.75 for CORONA and the KalmanNet step). Both runtimes use one intra-op
+thread, as in a live session (engines/runtime/threads.py). Inputs are N(0, 0.3^2) draws
+(the scale of the sparse-coding benchmark's observations).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+import exported_models
+from engines.artifacts import load_artifact
+from engines.errors import BackendUnavailable, UnknownEngineError
+from engines.runtime.backends import available_backends
+from engines.runtime.threads import set_intra_op_threads
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+INPUT_STD = 0.3
+
+
+def _rss_mib() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _call(engine, x: np.ndarray) -> float:
+    start = time.perf_counter()
+    if hasattr(engine, "step"):
+        engine.step(x)
+    else:
+        engine(x)
+    return time.perf_counter() - start
+
+
+def _input(engine, batch: int, rng: np.random.Generator) -> np.ndarray:
+    return (INPUT_STD * rng.standard_normal((batch, *engine.info.in_shape))).astype(np.float32)
+
+
+def _prepare(engine, batch: int) -> None:
+    if hasattr(engine, "reset"):
+        engine.reset(batch)
+
+
+def _load(folder: Path, backend: str, rng: np.random.Generator) -> dict[str, Any]:
+    """Load `folder` on `backend` and make its first call: the engine, first-call s, RSS before."""
+    rss = _rss_mib()
+    start = time.perf_counter()
+    engine = load_artifact(folder, backend)
+    _prepare(engine, 1)
+    _call(engine, _input(engine, 1, rng))
+    return {"engine": engine, "first_call_s": time.perf_counter() - start, "rss_before": rss}
+
+
+def _interleaved(
+    engines: dict[str, Any], batch: int, calls: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Seconds per call of each engine at `batch`, the backends' calls interleaved."""
+    for e in engines.values():
+        _prepare(e, batch)
+    x = _input(next(iter(engines.values())), batch, rng)
+    for e in engines.values():
+        _call(e, x)  # warm-up at this batch size (shape-specialized kernels, buffers)
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    for _ in range(calls):
+        for k, e in engines.items():
+            times[k].append(_call(e, x))
+    return {k: np.asarray(v) for k, v in times.items()}
+
+
+def bench_artifact(
+    folder: Path,
+    backends: tuple[str, ...],
+    repeats: int,
+    throughput_repeats: int,
+    batches: tuple[int, ...] = (8, 32),
+) -> dict[str, Any]:
+    """One artifact on each of `backends` that can run it here; skipped ones say why."""
+    rng = np.random.default_rng(0)
+    loaded: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
+    for b in backends:
+        try:
+            loaded[b] = _load(folder, b, rng)
+        except BackendUnavailable as e:
+            skipped[b] = str(e)
+    engines = {b: d["engine"] for b, d in loaded.items()}
+    result: dict[str, Any] = {
+        "artifact": folder.name,
+        "path": str(folder),
+        "skipped": skipped,
+        "backends": {},
+    }
+    if not engines:
+        return result
+    kind = "tracker step" if hasattr(next(iter(engines.values())), "step") else "call"
+    lat = _interleaved(engines, 1, repeats, rng)
+    thr = {n: _interleaved(engines, n, throughput_repeats, rng) for n in batches}
+    for b, e in engines.items():
+        result["backends"][b] = {
+            "kind": kind,
+            "providers": getattr(getattr(e, "session", None), "get_providers", lambda: [])(),
+            "first_call_s": round(loaded[b]["first_call_s"], 4),
+            "p50_ms": round(float(np.percentile(lat[b], 50) * 1e3), 4),
+            "p99_ms": round(float(np.percentile(lat[b], 99) * 1e3), 4),
+            **{f"throughput_b{n}_per_s": round(n / float(np.median(thr[n][b])), 1) for n in batches},
+            "rss_growth_mib": round(_rss_mib() - loaded[b]["rss_before"], 1),
+        }
+    if "onnxruntime" in result["backends"] and "torch" in result["backends"]:
+        result["ort_over_torch_p50"] = round(
+            result["backends"]["onnxruntime"]["p50_ms"] / result["backends"]["torch"]["p50_ms"], 3
+        )
+    return result
+
+
+def table(report: dict[str, Any]) -> str:
+    """The report as an aligned text table (one row per artifact and backend)."""
+    head = (
+        f"{'artifact':<18} {'backend':<12} {'first s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'b8 /s':>9} {'b32 /s':>9} {'RSS MiB':>8} {'ORT/torch':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for a in report["artifacts"]:
+        for b, r in a["backends"].items():
+            ratio = a.get("ort_over_torch_p50") if b == "onnxruntime" else None
+            lines.append(
+                f"{a['artifact']:<18} {b:<12} {r['first_call_s']:>8.3f} {r['p50_ms']:>8.3f} "
+                f"{r['p99_ms']:>8.3f} {r['throughput_b8_per_s']:>9.0f} {r['throughput_b32_per_s']:>9.0f} "
+                f"{r['rss_growth_mib']:>8.1f} {'' if ratio is None else f'{ratio:.3f}':>9}"
+            )
+        for b, why in a["skipped"].items():
+            lines.append(f"{a['artifact']:<18} {b:<12} skipped: {why}")
+    return "\n".join(lines)
+
+
+def run_engines_bench(
+    out: str | Path,
+    names: list[str] | None = None,
+    backends: tuple[str, ...] = BACKENDS,
+    repeats: int = 300,
+    throughput_repeats: int = 30,
+    log=print,
+) -> dict[str, Any]:
+    """Benchmark the shipped artifacts (or `names`); write engines.json into `out`; return the report."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    folders = {d.name: d for d in exported_models.artifact_dirs()}
+    unknown = sorted(set(names or ()) - set(folders))
+    if unknown:
+        raise UnknownEngineError(
+            f"no shipped artifact named {', '.join(unknown)}; known: {', '.join(folders)}"
+        )
+    chosen = [folders[n] for n in (names or sorted(folders))]
+    previous = set_intra_op_threads(1)
+    started = time.time()
+    try:
+        results = []
+        for folder in chosen:
+            log(f"{folder.name} ...")
+            results.append(bench_artifact(folder, tuple(backends), repeats, throughput_repeats))
+    finally:
+        set_intra_op_threads(previous)
+    report = {
+        "settings": {
+            "repeats_batch1": repeats,
+            "repeats_throughput": throughput_repeats,
+            "threads": 1,
+            "input": f"N(0, {INPUT_STD}^2) float32",
+            "backends_requested": list(backends),
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "load_avg_1min": round(os.getloadavg()[0], 2),
+        },
+        "backends_here": {
+            k: {"available": ok, "detail": why} for k, (ok, why) in available_backends().items()
+        },
+        "artifacts": results,
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    (out / "engines.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    log(table(report))
+    return report

@@ -1,0 +1,128 @@
+"""Torch against ONNX Runtime (and TensorRT where present) on every exported artifact.
+
+Parametrized over every artifact folder in exported_models/ whose card lists model.onnx,
+so a new artifact (KalmanNet, CORONA) is picked up without editing this file. fp32
+relative error ||y_ort - y_torch|| / ||y_torch|| <= 1e-5 on random and on real inputs;
+trackers over 100 steps. "Random" inputs are Gaussian at the scale of the real ones:
+support selection is discontinuous (an entry at the top-k boundary swaps rank under a
+last-bit rounding change), so far out-of-distribution inputs test ties, not the export.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import exported_models
+from engines.artifacts import load_artifact, read_artifact
+from engines.base import EngineInfo
+from engines.runtime import onnxruntime_runtime as ort_rt
+from engines.runtime import tensorrt_runtime as trt_rt
+from engines.runtime.onnx_export import export_module
+from engines.sparse_problem import SparseProblem
+
+from .conftest import TinyTracker
+
+RTOL = 1e-5
+STEPS = 100
+EXPORTED = [d for d in exported_models.artifact_dirs() if "onnx" in read_artifact(d).card]
+
+
+def rel_err(a, b):
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
+
+
+def sparse_inputs(engine, n=64):
+    """(random, real): real = observations x = H s of the artifact's own H; random at their std."""
+    problem = SparseProblem(H=torch.as_tensor(engine.operator, dtype=torch.float64))
+    real = problem.sample(n, torch.Generator().manual_seed(5)).x.numpy().astype(np.float32)
+    rand = np.random.default_rng(6).normal(0.0, real.std(), real.shape).astype(np.float32)
+    return {"random": rand, "real": real}
+
+
+def lorenz_observations(card, n=2):
+    """y_t of a simulated trajectory of the card's state-space model (its `model` and `x0`)."""
+    from engines.tracking.ssm import LorenzSSM
+
+    ssm = LorenzSSM(**card["model"])
+    gen = torch.Generator().manual_seed(7)
+    x = torch.as_tensor(card["x0"], dtype=torch.float64).expand(n, -1).clone()
+    ys = []
+    for _ in range(STEPS):
+        x = ssm.f(x) + ssm.q2**0.5 * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        ys.append((ssm.h(x) + ssm.r2**0.5 * torch.randn(x.shape, generator=gen, dtype=torch.float64)).numpy())
+    return np.stack(ys)
+
+
+def run_tracker(engine, ys, z0=None):
+    engine.reset(ys.shape[1], z0)
+    est = [engine.step(y) for y in ys]
+    means = np.stack([e.mean for e in est])
+    covs = None if est[0].cov is None else np.stack([e.cov for e in est])
+    return means, covs
+
+
+def tracker_inputs(engine, card, n=2):
+    rand = np.cumsum(np.random.default_rng(8).normal(0.0, 0.3, (STEPS, n, engine.info.in_shape[0])), axis=0)
+    out = {"random": rand}
+    if "model" in card:
+        out["real"] = lorenz_observations(card, n)
+    return out
+
+
+@pytest.mark.parametrize("folder", EXPORTED, ids=[d.name for d in EXPORTED])
+def test_onnxruntime_matches_torch_on_random_and_real_inputs(folder):
+    torch_engine, ort_engine = load_artifact(folder, "torch"), load_artifact(folder, "onnxruntime")
+    assert ort_engine.info.backend == "onnxruntime" and ort_engine.info.in_shape == torch_engine.info.in_shape
+    assert ort_engine.info.out_shape == torch_engine.info.out_shape
+    if hasattr(torch_engine, "step"):
+        for kind, ys in tracker_inputs(torch_engine, torch_engine.card).items():
+            means_t, covs_t = run_tracker(torch_engine, ys)
+            means_o, covs_o = run_tracker(ort_engine, ys)
+            assert rel_err(means_o, means_t) <= RTOL, kind
+            assert (covs_t is None) == (covs_o is None)
+            if covs_t is not None:
+                assert rel_err(covs_o, covs_t) <= RTOL, kind
+        return
+    for kind, x in sparse_inputs(torch_engine).items():
+        assert rel_err(ort_engine(x), torch_engine(x)) <= RTOL, kind
+
+
+def test_tiny_tracker_on_onnxruntime_matches_torch_over_100_steps(tmp_path):
+    module = TinyTracker().eval()
+    path = tmp_path / "tracker.onnx"
+    export_module(module, {"input": {"shape": ["N", 2]}}, path, path)
+
+    def init_state(n, z0):
+        z = None if z0 is None else torch.as_tensor(z0)
+        return tuple(s.numpy() for s in module.init_state(n, z))
+
+    info = EngineInfo("tiny-tracker", "dnn-aided", "tracking", "onnxruntime", 1, (2,), (2,))
+    engine = ort_rt.OrtTrackerEngine(info, ort_rt.open_session(path), module.state_names, init_state, True)
+    ys = np.cumsum(np.random.default_rng(0).normal(0, 0.5, (STEPS, 3, 2)), axis=0)
+    z0 = np.random.default_rng(1).normal(0, 1, (3, 2))
+    means, covs = run_tracker(engine, ys, z0)
+    x, h = module.init_state(3, torch.as_tensor(z0))
+    ref_means, ref_covs = [], []
+    with torch.no_grad():
+        for y in ys:
+            mean, cov, x, h = module.step_tensors(torch.as_tensor(y, dtype=torch.float32), x, h)
+            ref_means.append(mean.numpy())
+            ref_covs.append(cov.numpy())
+    assert rel_err(means, np.stack(ref_means)) <= RTOL and rel_err(covs, np.stack(ref_covs)) <= RTOL
+    assert means.dtype == np.float64 and covs.shape == (STEPS, 3, 2, 2)
+
+
+@pytest.mark.parametrize("folder", EXPORTED, ids=[d.name for d in EXPORTED])
+def test_tensorrt_matches_onnxruntime(folder):
+    ok, why = trt_rt.available()
+    if not ok:
+        pytest.skip(f"TensorRT not available here: {why}")
+    ort_engine, trt_engine = load_artifact(folder, "onnxruntime"), load_artifact(folder, "tensorrt")
+    assert trt_engine.info.backend == "tensorrt"
+    if hasattr(ort_engine, "step"):
+        ys = tracker_inputs(ort_engine, ort_engine.card)["random"]
+        assert rel_err(run_tracker(trt_engine, ys)[0], run_tracker(ort_engine, ys)[0]) <= 1e-3
+        return
+    x = sparse_inputs(ort_engine, n=40)["real"]  # 40 > the profile's 32: the engine splits the batch
+    assert rel_err(trt_engine(x), ort_engine(x)) <= 1e-3  # TF32 / kernel choice: not bit-level parity
+    assert load_artifact(folder, "tensorrt").built is False  # the second load comes from the cache
