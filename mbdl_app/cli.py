@@ -9,6 +9,7 @@
     mbdl export FILE [--out DIR] [--format ome.tif|seq.mha|csv ...]
     mbdl export ARTIFACT [--fp16]     model.onnx (+ sha256 in the card)
     mbdl train NAME [--quick] [--out DIR] [--resume]
+    mbdl reproduce table2 | kalmannet [--quick] [--out DIR]
     mbdl bench session | serial | gui | sparse | engines
     mbdl doctor [--json]
 
@@ -38,6 +39,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions
                   help="MBDL Studio: live model-based deep learning beside its baselines.")
 bench_app = typer.Typer(help="Benchmarks: figures measured side by side in one run.")
 app.add_typer(bench_app, name="bench")
+reproduce_app = typer.Typer(help="Reproduce published tables: ours beside the published figures.")
+app.add_typer(reproduce_app, name="reproduce")
 
 EXPECTED = (AppError, DriverError, EngineError)
 _ENGINE_SPEC = re.compile(r"^(?P<name>[\w.-]+)(?::(?P<backend>\w+))?(?:@(?P<source>[\w.-]+))?$")
@@ -379,6 +382,30 @@ def doctor(
 
     report = collect()
     print(json.dumps(report, indent=2) if as_json else render(report))
+
+
+def _reproduce(experiment: str, out: Path, quick: bool) -> None:
+    from mbdl_app.experiments.tracking import run_experiment
+
+    run_experiment(experiment, out / experiment, quick=quick)
+
+
+@reproduce_app.command("table2")
+def reproduce_table2(
+    out: Annotated[Path, typer.Option(help="Folder for the CSV, JSON and PNG.")] = Path("reproduce_out"),
+    quick: Annotated[bool, typer.Option(help="2 short sequences per set (seconds): a smoke run.")] = False,
+) -> None:
+    """Seed Table 2 (sampling mismatch, T = 3000): EKF, UKF, PF, KalmanNet, model-based RNN."""
+    _reproduce("table2", out, quick)
+
+
+@reproduce_app.command("kalmannet")
+def reproduce_kalmannet(
+    out: Annotated[Path, typer.Option(help="Folder for the CSV, JSON and PNG.")] = Path("reproduce_out"),
+    quick: Annotated[bool, typer.Option(help="2 short sequences per set (seconds): a smoke run.")] = False,
+) -> None:
+    """The five KalmanNet Lorenz settings of ANCHORS.md, every filter beside the published MSE."""
+    _reproduce("kalmannet", out, quick)
 
 
 def main(argv: list[str] | None = None) -> None:
