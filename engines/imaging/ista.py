@@ -282,6 +282,29 @@ class ALISTA(IstaFamily):
                               _shrinkage(self.support, k))
 
 
+def warm_start_from_alista(model: LISTA | LISTACP, alista: ALISTA) -> None:
+    """Set `model`'s layers to a (trained) ALISTA's, so that it computes the same iterates.
+
+    ALISTA's layer k is the coupled step with W_k = gamma_k W; LISTA-CP takes W_k itself,
+    LISTA its untied form W1_k = W_k', W2_k = I - W_k'H (eq. (22)); theta_k is copied. An
+    initialization for the learned-matrix variants that starts them where the analytic
+    weights end (the support selection schedules must match: the caller's choice).
+    """
+    if model.n_layers != alista.n_layers:
+        raise ValueError(f"layer counts differ: {model.n_layers} vs ALISTA's {alista.n_layers}")
+    with torch.no_grad():
+        W = alista.gamma[:, None, None] * alista.W  # (K, m, n): W_k = gamma_k W
+        model.theta.copy_(alista.theta)
+        if isinstance(model, LISTACP):
+            model.W.copy_(W)
+        elif isinstance(model, LISTA):
+            H = model.H.matrix()
+            model.W1.copy_(W.mT)
+            model.W2.copy_(torch.eye(H.shape[1], dtype=H.dtype) - W.mT @ H)
+        else:
+            raise TypeError(f"cannot warm-start {type(model).__name__} from ALISTA")
+
+
 def _build(name: str, family: Family, solver: Callable[[Tensor], nn.Module], *, backend: str, seed: int,
            m: int, n: int) -> SparseCodingEngine:
     if backend not in ("auto", "torch"):

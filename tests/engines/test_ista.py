@@ -27,6 +27,7 @@ from engines.imaging.ista import (
     coherence_minimizing_weight,
     default_step,
     ista_step,
+    warm_start_from_alista,
 )
 from engines.ops import Convolution2d, soft_threshold, spectral_norm
 from engines.sparse_problem import SparseCodingEngine, SparseProblem, nmse_db, sensing_matrix
@@ -204,6 +205,21 @@ def test_alista_with_W_equal_H_and_gamma_one_over_L_reproduces_ista(small):
     torch.testing.assert_close(alista.gamma.detach(), gamma0, rtol=1e-8, atol=0)
     alista = ALISTA(problem.H, 16, rho=0.1, W=problem.H, mu=ista.mu, support=None)
     assert_iterates_equal(alista(batch.x, return_all=True), ista(batch.x, return_all=True))
+
+
+@pytest.mark.parametrize("support", [None, CPSS], ids=["no-ss", "ss"])
+def test_lista_and_lista_cp_warm_started_from_a_trained_alista_reproduce_it(small, support):
+    problem, batch = small
+    alista = ALISTA(problem.H, 8, rho=0.1, support=support)
+    with torch.no_grad():  # "trained": distinct per-layer values
+        alista.gamma.mul_(torch.linspace(0.8, 1.3, 8, dtype=F64))
+        alista.theta.mul_(torch.linspace(1.2, 0.5, 8, dtype=F64))
+    expected = alista(batch.x, return_all=True)
+    for model in (LISTA(problem.H, 8, support=support), LISTACP(problem.H, 8, support=support)):
+        warm_start_from_alista(model, alista)
+        assert_iterates_equal(model(batch.x, return_all=True), expected, atol=1e-10)
+    with pytest.raises(ValueError, match="layer counts"):
+        warm_start_from_alista(LISTA(problem.H, 4), alista)
 
 
 def test_tuned_ista_at_its_initialization_reproduces_ista(small):

@@ -16,13 +16,17 @@ from mbdl_app.bench.sparse_bench import run_sparse_bench
 from mbdl_app.training.artifact import CARD_FIELDS, read_artifact
 from mbdl_app.training.recipes import available_recipes, get_recipe
 from mbdl_app.training.recipes.sparse import (
+    ADMM_LAM_GRID,
+    ADMM_RHO_GRID,
     METHODS,
     NOISE,
     QUICK,
     TEST_SEED,
+    VAL_SEED,
     FreshBatches,
     copy_previous_layer,
     only_layer,
+    tune_admm,
 )
 
 NAMES = [f"{m}-cs{s}" for s in NOISE for m in METHODS]
@@ -55,6 +59,36 @@ def test_recipe_runs_quick_and_its_card_holds_held_out_metrics(tmp_path, name):
     with torch.no_grad():
         expected = engine.module(x).numpy()
     np.testing.assert_array_equal(engine(x.numpy()), expected)
+
+
+@pytest.mark.parametrize("name", ["lista-cs", "lista-cpss-cs-snr40"])
+def test_matrix_methods_start_from_a_trained_alista_with_their_support_selection(tmp_path, name):
+    card = read_artifact(get_recipe(name).run(tmp_path, quick=True, quiet=True)).card
+    stages = [st["name"] for st in card["training"]["stages"]]
+    pre = [st for st in stages if st.startswith("pretrain-")]
+    assert pre and stages[:len(pre)] == pre and len(stages) > len(pre)  # ALISTA first, then the method
+    assert "ALISTA" in card["training"]["init"]
+    assert card["training"]["total_steps"] == sum(st["steps"] for st in card["training"]["stages"])
+
+
+def test_admm_tuning_picks_the_grid_point_with_the_best_validation_nmse():
+    from engines.imaging.admm import ADMM, L1Prox
+    from engines.sparse_problem import nmse_db
+
+    problem = SparseProblem.standard(m=QUICK.m, n=QUICK.n, dtype=torch.float32)
+    val = problem.sample(50, torch.Generator().manual_seed(VAL_SEED))
+    best = tune_admm(problem.H, val, 3)
+    scores = {(r, lam): nmse_db(ADMM(problem.H, prox=L1Prox(r), lam=lam, n_iter=3)(val.x), val.s)
+              for r in ADMM_RHO_GRID for lam in ADMM_LAM_GRID}
+    assert (best["rho"], best["lam"]) == min(scores, key=scores.get)
+    assert best["val_nmse_db"] == pytest.approx(min(scores.values()), abs=1e-3)
+
+
+def test_tuned_admm_recipes_store_the_tuned_point_in_the_architecture(tmp_path):
+    card = read_artifact(get_recipe("unfolded-admm-cs").run(tmp_path, quick=True, quiet=True)).card
+    chosen = card["training"]["tuning"]["chosen"]
+    kwargs = card["architecture"]["kwargs"]
+    assert (kwargs["rho"], kwargs["lam"]) == (chosen["rho"], chosen["lam"])
 
 
 def test_new_layer_stage_trains_that_layer_only():

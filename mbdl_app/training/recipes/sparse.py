@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engines.imaging.admm import ADMM, L1Prox
+from engines.imaging.ista import ALISTA, SupportSelection, warm_start_from_alista
 from engines.sparse_models import ARCHITECTURES, OPERATOR_KEY, build_sparse_model
 from engines.sparse_problem import SparseBatch, SparseProblem, nmse_db
 from mbdl_app.training.recipes import Plan, Recipe
@@ -43,6 +45,7 @@ VAL_SEED, TEST_SEED = 1001, 1002  # fixed validation and held-out sets (training
 P = 0.1
 BATCH = 64
 NOISE: dict[str, float | None] = {"": None, "-snr40": 40.0, "-snr20": 20.0}
+EVAL_EVERY = 250  # validation (1000 problems) every 250 steps and at the end of each stage; best kept
 NOISY_STEPS = 0.5  # with noise the learned methods level off near -SNR: half the steps (CPU budget)
 
 
@@ -66,9 +69,12 @@ class Method:
     """One learned method: architecture (engines.sparse_models), its kwargs, lrs and steps.
 
     layerwise: stage-wise growth, 3 stages per layer (new layer at lrs[0], all at lrs[1],
-    lrs[2]) with `steps` per stage; otherwise (tied parameters) two stages on everything at
-    lrs[0], lrs[1] with steps[0], steps[1]. `warm_new_layer`: a new layer starts from the
-    previous layer's parameters instead of the model-based initial values.
+    lrs[2]) with `steps` per stage; otherwise two stages on everything at lrs[0], lrs[1]
+    with steps[0], steps[1]. `warm_new_layer`: a new layer starts from the previous layer's
+    parameters instead of the model-based initial values. `init`: where training starts —
+    "model-based" (ISTA / ADMM at the kwargs' values), "tuned" (ADMM at the (rho, lambda)
+    of the validation grid, `tune_admm`), or "alista" (an ALISTA with the same support
+    selection is trained first with ALISTA's schedule and copied in, `warm_start_from_alista`).
     """
 
     arch: str
@@ -78,27 +84,50 @@ class Method:
     lrs: tuple[float, float, float] = (5e-4, 1e-4, 1e-5)
     layerwise: bool = True
     warm_new_layer: bool = False
+    init: str = "model-based"
 
 
 SCALAR_LRS = (5e-3, 1e-3, 1e-4)
 SUPPORT = {"q_step": 0.012, "q_max": 0.13}  # the anchors' support selection: 1.2 %/layer up to 13 %
 
+FINE_LRS = (3e-5, 1e-5, 0.0)  # matrices fine-tuned from ALISTA's values: larger lrs undo them
 METHODS: dict[str, Method] = {
-    "lista": Method("lista", "LISTA (seed Ex. 17): W1_k, W2_k, theta_k per layer", (80, 80, 40),
-                    {"rho": 0.4}),
+    "lista": Method("lista", "LISTA (seed Ex. 17): W1_k, W2_k, theta_k per layer", (9000, 3000, 0),
+                    {"rho": 0.4}, lrs=FINE_LRS, layerwise=False, init="alista"),
     "lista-cpss": Method("lista-cpss", "LISTA-CPSS (Chen et al. 2018): coupled W_k, support selection",
-                         (80, 80, 40), {"rho": 0.4, "support": SUPPORT}),
+                         (3000, 1000, 0), {"rho": 0.4, "support": SUPPORT}, lrs=(2e-5, 4e-6, 0.0),
+                         layerwise=False, init="alista"),
     "alista": Method("alista", "ALISTA (Liu et al. 2019): analytic W, gamma_k and theta_k learned, SS",
                      (80, 80, 40), {"rho": 0.4, "support": SUPPORT}, lrs=SCALAR_LRS, warm_new_layer=True),
     "learned-admm": Method("learned-admm", "learned ADMM (seed Ex. 14): tied lambda, mu at 16 iterations",
                            (600, 300, 0), {"rho": 0.4, "lam": 0.5, "mu": 1.0},
-                           lrs=(2e-2, 2e-3, 0.0), layerwise=False),
+                           lrs=(2e-2, 2e-3, 0.0), layerwise=False, init="tuned"),
     "unfolded-admm": Method("unfolded-admm", "unfolded ADMM (seed Ex. 15): lambda_k, mu_k per layer",
-                            (80, 80, 40), {"rho": 0.4, "lam": 0.5, "mu": 1.0}, lrs=SCALAR_LRS),
+                            (80, 80, 40), {"rho": 0.4, "lam": 0.5, "mu": 1.0}, lrs=SCALAR_LRS, init="tuned"),
     "unfolded-admm-weights": Method("unfolded-admm-weights",
                                     "unfolded ADMM (seed Ex. 16): W1_k, W2_k, lambda_k, mu_k per layer",
-                                    (80, 80, 40), {"rho": 0.4, "lam": 0.5, "mu": 1.0}),
+                                    (80, 80, 40), {"rho": 0.4, "lam": 0.5, "mu": 1.0}, init="tuned"),
 }
+ADMM_RHO_GRID = (0.4, 0.2, 0.1, 0.05, 0.02)  # lasso weights (the anchors' 0.4 and smaller)
+ADMM_LAM_GRID = (0.1, 0.25, 0.5, 1.0)  # penalties lambda (2 lambda = the augmented Lagrangian's)
+
+
+def tune_admm(H: torch.Tensor, val: SparseBatch, n_iter: int) -> dict[str, float]:
+    """(rho, lam) of ADMM (mu = 1) with the best validation NMSE at n_iter iterations, over the grid.
+
+    The tuned model-based point the learned ADMM variants start from (and the "ADMM"
+    line of `mbdl bench sparse`): a learned optimizer that started at rho = 0.4 would be
+    chained to that lasso's minimizer, which no (lambda, mu) can move.
+    """
+    best: dict[str, float] | None = None
+    with torch.inference_mode():
+        for rho in ADMM_RHO_GRID:
+            for lam in ADMM_LAM_GRID:
+                score = nmse_db(ADMM(H, prox=L1Prox(rho), lam=lam, n_iter=n_iter)(val.x), val.s)
+                if best is None or score < best["val_nmse_db"]:
+                    best = {"rho": rho, "lam": lam, "val_nmse_db": round(score, 3)}
+    assert best is not None
+    return best
 
 
 @dataclass(frozen=True)
@@ -170,6 +199,62 @@ def per_layer_nmse_db(model: nn.Module, batch: SparseBatch) -> list[float]:
     return [round(nmse_db(s, batch.s), 4) for s in iterates]
 
 
+@dataclass
+class SparsePlan(Plan):
+    """A Plan with the ALISTA to train first when the method starts from ALISTA (init "alista")."""
+
+    pretrain: nn.Module | None = None
+    pretrain_stages: tuple[Stage, ...] = ()
+
+
+def method_stages(method: Method, steps: tuple[int, ...], layers: int, prefix: str = "") -> tuple[Stage, ...]:
+    """The stages of `method` (see Method) for a network of `layers` layers."""
+    if not method.layerwise:
+        return tuple(LayerStage(name=f"{prefix}all-{i + 1}", lr=method.lrs[i], max_steps=steps[i],
+                                layers=layers) for i in range(2) if steps[i] > 0)
+    out: list[Stage] = []
+    for t in range(1, layers + 1):
+        out.append(LayerStage(name=f"{prefix}layer{t:02d}-new", lr=method.lrs[0], max_steps=steps[0],
+                              layers=t, new_layer_only=True))
+        out += [LayerStage(name=f"{prefix}layer{t:02d}-all{i}", lr=method.lrs[i], max_steps=steps[i],
+                           layers=t) for i in (1, 2) if steps[i] > 0]
+    return tuple(out)
+
+
+def fit_method(trainer: Trainer, method: Method, stages: tuple[Stage, ...], data: FreshBatches,
+               first_stage: int = 0) -> list[TrainResult]:
+    """Train `stages` of `method`, growing the network a layer at a time when it is layerwise.
+
+    `first_stage` numbers the stages for the data (FreshBatches.stage), so that every stage
+    of a recipe, pre-training included, draws its own batches.
+    """
+    model = trainer.model
+    total = model.n_layers if method.layerwise else None
+    results = []
+    for index, stage in enumerate(stages):
+        data.stage = first_stage + index
+        if total is not None:
+            model.n_layers = stage.layers
+        if stage.new_layer_only and method.warm_new_layer and stage.layers > 1:
+            copy_previous_layer(model, stage.layers - 1, total)
+        if stage.new_layer_only:
+            with only_layer(model, stage.layers - 1, total):
+                results.append(trainer.fit(stage))
+        else:
+            results.append(trainer.fit(stage))
+    if total is not None:
+        model.n_layers = total
+    return results
+
+
+INIT_CARD = {
+    "model-based": "the model-based values (ISTA / ADMM at the architecture kwargs)",
+    "tuned": "ADMM at the (rho, lam) of the validation grid (training.tuning), mu = 1",
+    "alista": ("a trained ALISTA with the same support selection (stages 'pretrain-*', ALISTA's "
+               "schedule), copied in by engines.imaging.ista.warm_start_from_alista"),
+}
+
+
 class SparseRecipe(Recipe):
     """One method at one noise setting on the standard benchmark (see the module docstring)."""
 
@@ -182,36 +267,41 @@ class SparseRecipe(Recipe):
         noise = "noiseless" if self.snr_db is None else f"SNR {self.snr_db:g} dB"
         self.description = f"{self.method.description}; 250 x 500 benchmark, {noise}"
 
-    def steps(self, quick: bool) -> tuple[int, ...]:
+    def steps(self, quick: bool, method: Method | None = None) -> tuple[int, ...]:
         """Steps of the stages of each layer (see Method)."""
         if quick:
             return (3, 2, 2)
         scale = 1.0 if self.snr_db is None else NOISY_STEPS
-        return tuple(round(s * scale) for s in self.method.steps)
+        return tuple(round(s * scale) for s in (method or self.method).steps)
 
     def stages(self, size: Size, quick: bool) -> tuple[Stage, ...]:
-        method = self.method
-        steps = self.steps(quick)
-        if not method.layerwise:
-            return tuple(LayerStage(name=f"all-{i + 1}", lr=method.lrs[i], max_steps=steps[i],
-                                    layers=size.layers) for i in range(2) if steps[i] > 0)
-        out: list[Stage] = []
-        for t in range(1, size.layers + 1):
-            out.append(LayerStage(name=f"layer{t:02d}-new", lr=method.lrs[0], max_steps=steps[0], layers=t,
-                                  new_layer_only=True))
-            out += [LayerStage(name=f"layer{t:02d}-all{i}", lr=method.lrs[i], max_steps=steps[i], layers=t)
-                    for i in (1, 2) if steps[i] > 0]
-        return tuple(out)
+        return method_stages(self.method, self.steps(quick), size.layers)
 
-    def build(self, quick: bool) -> Plan:
+    def _pretrain(self, H: torch.Tensor, size: Size,
+                  quick: bool) -> tuple[nn.Module | None, tuple[Stage, ...]]:
+        """The ALISTA to train first (init "alista") and its stages, or (None, ())."""
+        if self.method.init != "alista":
+            return None, ()
+        kwargs = self.method.kwargs
+        support = SupportSelection(**kwargs["support"]) if kwargs.get("support") else None
+        alista = ALISTA(H, n_layers=size.layers, rho=kwargs["rho"], support=support)
+        method = METHODS["alista"]
+        return alista, method_stages(method, self.steps(quick, method), size.layers, prefix="pretrain-")
+
+    def build(self, quick: bool) -> SparsePlan:
         size = QUICK if quick else FULL
         problem = SparseProblem.standard(seed=H_SEED, snr_db=self.snr_db, m=size.m, n=size.n,
                                          dtype=torch.float32)
-        depth = {"n_iter" if self.method_name == "learned-admm" else "n_layers": size.layers}
-        kwargs = {**depth, **self.method.kwargs}
-        model = build_sparse_model(self.method.arch, problem.H, **kwargs)
         val = problem.sample(size.val, torch.Generator().manual_seed(VAL_SEED))
         test = problem.sample(size.test, torch.Generator().manual_seed(TEST_SEED))
+        depth = {"n_iter" if self.method_name == "learned-admm" else "n_layers": size.layers}
+        kwargs = {**depth, **self.method.kwargs}
+        tuning = None
+        if self.method.init == "tuned":
+            tuning = tune_admm(problem.H, val, size.layers)
+            kwargs.update(rho=tuning["rho"], lam=tuning["lam"])
+        model = build_sparse_model(self.method.arch, problem.H, **kwargs)
+        pretrain, pretrain_stages = self._pretrain(problem.H, size, quick)
 
         def evaluate(trainer: Trainer) -> dict[str, Any]:
             curve = per_layer_nmse_db(trainer.model, test)
@@ -236,43 +326,39 @@ class SparseRecipe(Recipe):
                          f"the fly; validation: {size.val} fixed problems (seed {VAL_SEED}); held-out test: "
                          f"{size.test} problems (seed {TEST_SEED})"),
                 "loss": "MSE of the last layer's code", "validation_metric": "NMSE dB",
+                "init": INIT_CARD[self.method.init],
                 "schedule": ("stage-wise: per layer t the new layer alone at lrs[0], then layers 1..t at "
                              "lrs[1], lrs[2]" if self.method.layerwise
-                             else "tied parameters: all at lrs[0], then lrs[1]"),
+                             else "all parameters at lrs[0], then lrs[1]"),
                 "lrs": list(self.method.lrs),
                 "new_layer_init": ("the previous layer's parameters" if self.method.warm_new_layer
-                                   else "the model-based values (ISTA / ADMM)"),
+                                   else "the initial values (see init)"),
                 "steps_per_stage": list(self.steps(quick)),
-                "total_steps": sum(s.max_steps for s in stages),
+                "total_steps": sum(s.max_steps for s in pretrain_stages + stages),
+                "validated_every": EVAL_EVERY,
+                **({"tuning": {"rho_grid": ADMM_RHO_GRID, "lam_grid": ADMM_LAM_GRID, "mu": 1.0,
+                               "chosen": tuning}} if tuning else {}),
             },
         }
-        return Plan(
+        return SparsePlan(
             model=model, loss_fn=F.mse_loss, train_data=FreshBatches(problem), val_data=(val.x, val.s),
-            config=TrainConfig(lr=self.method.lrs[0], max_steps=1, batch_size=1000, eval_every=10**9,
+            config=TrainConfig(lr=self.method.lrs[0], max_steps=1, batch_size=1000, eval_every=EVAL_EVERY,
                                device="cpu"),
             evaluate=evaluate, card=card, stages=stages,
             metric_fn=nmse_db, extra_tensors={OPERATOR_KEY: problem.H},
+            pretrain=pretrain, pretrain_stages=pretrain_stages,
         )
 
     def fit_stages(self, trainer: Trainer, plan: Plan) -> list[TrainResult]:
-        """Grow the network one layer at a time (n_layers = the stage's layers)."""
-        model = trainer.model
-        total = model.n_layers if self.method.layerwise else None
-        results = []
-        for index, stage in enumerate(plan.stages):
-            plan.train_data.stage = index
-            if total is not None:
-                model.n_layers = stage.layers
-            if stage.new_layer_only and self.method.warm_new_layer and stage.layers > 1:
-                copy_previous_layer(model, stage.layers - 1, total)
-            if stage.new_layer_only:
-                with only_layer(model, stage.layers - 1, total):
-                    results.append(trainer.fit(stage))
-            else:
-                results.append(trainer.fit(stage))
-        if total is not None:
-            model.n_layers = total
-        return results
+        """Train the ALISTA first if the method starts from it, then the method's own stages."""
+        results: list[TrainResult] = []
+        if isinstance(plan, SparsePlan) and plan.pretrain is not None:
+            with Trainer(plan.pretrain, plan.loss_fn, plan.train_data, plan.val_data, trainer.config,
+                         plan.metric_fn, quiet=trainer.quiet) as pre:
+                results += fit_method(pre, METHODS["alista"], plan.pretrain_stages, plan.train_data)
+            warm_start_from_alista(trainer.model, plan.pretrain)
+        return results + fit_method(trainer, self.method, plan.stages, plan.train_data,
+                                    first_stage=len(plan.pretrain_stages))
 
 
 RECIPES = tuple(SparseRecipe(method, suffix) for suffix in NOISE for method in METHODS)
