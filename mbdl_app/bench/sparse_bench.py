@@ -42,11 +42,18 @@ from engines.imaging.ista import FISTA
 from engines.sparse_problem import SparseProblem, nmse_db
 from mbdl_app.training.artifact import CARD, cache_dir
 from mbdl_app.training.recipes import get_recipe
-from mbdl_app.training.recipes.sparse import FULL, H_SEED, NOISE, QUICK, VAL_SEED
+from mbdl_app.training.recipes.sparse import (
+    ADMM_LAM_GRID,
+    ADMM_RHO_GRID,
+    FULL,
+    H_SEED,
+    NOISE,
+    QUICK,
+    VAL_SEED,
+)
 
 BENCH_SEED = 5000
-RHO_GRID = (0.4, 0.2, 0.1, 0.05, 0.02)
-LAM_GRID = (0.1, 0.25, 0.5, 1.0)
+RHO_GRID, LAM_GRID = ADMM_RHO_GRID, ADMM_LAM_GRID  # the grid the learned ADMM recipes start from
 MATCH_RHOS = (0.1, 0.05, 0.02, 0.01, 0.005)
 FISTA_MAX = 2000
 LEARNED = ("learned-admm", "unfolded-admm", "unfolded-admm-weights", "lista", "lista-cpss", "alista")
