@@ -10,7 +10,7 @@
     mbdl export ARTIFACT [--fp16]     model.onnx (+ sha256 in the card)
     mbdl train NAME [--quick] [--out DIR] [--resume]
     mbdl reproduce table2 | kalmannet [--quick] [--out DIR]
-    mbdl bench session | serial | gui | sparse | engines
+    mbdl bench session | serial | gui | sparse | engines | tracker NAME
     mbdl doctor [--json]
 
 Errors print one line naming the input and the problem and exit with code 2;
@@ -350,6 +350,21 @@ def bench_sparse(
     from mbdl_app.bench.sparse_bench import run_sparse_bench
 
     run_sparse_bench(out, n=n, quick=quick)
+
+
+@bench_app.command("tracker")
+def bench_tracker(
+    name: Annotated[str, typer.Argument(help="A tracker engine, e.g. kalmannet-lorenz or ekf.")],
+    out: Annotated[Path, typer.Option(help="Folder for tracker_NAME.json.")] = Path("bench_out"),
+    steps: Annotated[int, typer.Option(help="Timed batch-1 steps.")] = 5000,
+    threads: Annotated[int, typer.Option(help="torch intra-op threads.")] = 2,
+) -> None:
+    """Batch-1 step latency (p50, p99) of one tracker on a Lorenz trajectory."""
+    import json
+
+    from mbdl_app.bench.tracker_bench import run_tracker_bench
+
+    print(json.dumps(run_tracker_bench(name, out, steps=steps, threads=threads)))
 
 
 @bench_app.command("engines")
