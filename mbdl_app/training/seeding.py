@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 import random
+import zlib
 
 import numpy as np
 import torch
+
+_STAGE_KEY = 3  # derive_seed stream of stage data seeds (data.py uses 1 and 2)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -34,6 +37,16 @@ def derive_seed(seed: int, *keys: int) -> int:
     """A 63-bit seed for the stream (seed, *keys): independent streams per step, rank, purpose."""
     state = np.random.SeedSequence([seed % 2**63, *keys]).generate_state(2, dtype=np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """The data seed of the stage named `stage` in a run seeded by `seed`.
+
+    Generated batches and epoch shuffles are functions of (data seed, step), and every stage
+    counts steps from 0: without the stage in the seed, each stage of a multi-stage run would
+    see the very batches of the first one. Keyed by name, so a resumed stage draws the same.
+    """
+    return derive_seed(seed, _STAGE_KEY, zlib.crc32(stage.encode("utf-8")))
 
 
 def rng_state(device: torch.device | None = None) -> dict[str, torch.Tensor]:

@@ -40,7 +40,7 @@ from mbdl_app.training.data import TensorData, as_train_data, as_val_data, conca
 from mbdl_app.training.errors import TrainingError
 from mbdl_app.training.progress import progress_bar
 from mbdl_app.training.schedules import Constant, Schedule, lr_scheduler
-from mbdl_app.training.seeding import rng_state, seed_everything, set_rng_state
+from mbdl_app.training.seeding import rng_state, seed_everything, set_rng_state, stage_seed
 
 logger = logging.getLogger(__name__)
 
@@ -308,12 +308,13 @@ class Trainer:
                 metric = self.evaluate()
                 run.history.append(HistoryPoint(0, math.nan, metric))
                 self._consider(run, metric, cfg)
+        data_seed = stage_seed(cfg.seed, stage.name)  # each stage its own batches
         start = time.monotonic() - run.elapsed
         self.model.train()
         with progress_bar(self.ranks.is_main and not self.quiet) as bar:
             task = bar.add_task(stage.name, total=total, completed=run.step, loss=math.nan, val="-")
             while run.step < total and not run.stopped_early:
-                batch = self.train_data.batch(run.step, cfg.batch_size, cfg.seed, self.ranks.rank,
+                batch = self.train_data.batch(run.step, cfg.batch_size, data_seed, self.ranks.rank,
                                               self.ranks.world_size)
                 inputs, target = map_tensors(lambda t: t.to(self.device, non_blocking=True), batch)
                 lr = opt.param_groups[0]["lr"]

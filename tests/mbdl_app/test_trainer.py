@@ -72,7 +72,7 @@ def test_loss_decreases_and_early_stopping_restores_the_best_weights():
                                                                 patience=3), log=log, quiet=True)
     r = trainer.fit()
     assert r.stopped_early and r.steps < 300
-    assert r.history[-1].train_loss < 0.25 * r.history[1].train_loss
+    assert r.history[-1].train_loss < 0.4 * r.history[1].train_loss  # w -> 1 of 2: about a quarter
     validated = [e for e in events if e.val_metric is not None]
     assert r.best_step == min(validated, key=lambda e: e.val_metric).step
     assert torch.equal(model.weight, snapshots[r.best_step])
@@ -275,6 +275,26 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not():
 def generated(step, g):
     x = torch.randn(16, 3, generator=g)
     return x, x.sum(dim=1, keepdim=True)
+
+
+def test_each_stage_draws_its_own_batches_and_a_rerun_of_a_stage_the_same():
+    seen: dict[str, list[torch.Tensor]] = {}
+    current = ["a"]
+
+    def recording(step, g):
+        x, y = generated(step, g)
+        seen.setdefault(current[0], []).append(x)
+        return x, y
+
+    trainer = Trainer(nn.Linear(3, 1), mse_loss, recording, None, cfg(max_steps=3), quiet=True)
+    for name in ("a", "b"):
+        current[0] = name
+        trainer.fit(Stage(name))
+    first_a = seen.pop("a")
+    current[0] = "a"
+    trainer.fit(Stage("a"))
+    assert all(not torch.equal(p, q) for p, q in zip(first_a, seen["b"], strict=True))
+    assert all(torch.equal(p, q) for p, q in zip(first_a, seen["a"], strict=True))
 
 
 class Crash(Exception):
