@@ -113,6 +113,7 @@ class Recipe(ABC):
 
 _RECIPES: dict[str, str | Recipe] = {
     "demo-linear": "mbdl_app.training.recipes.demo_linear:RECIPE",
+    "learned-covariance": "mbdl_app.training.recipes.learned_covariance:RECIPE",
 }
 
 
