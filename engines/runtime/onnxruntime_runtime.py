@@ -11,8 +11,9 @@ session also runs one worker thread per engine, so one intra-op thread each.
 
 I/O binding where it helps: on a GPU provider the tracker's recurrent state stays on
 the device between steps (bound OrtValues, never copied to the host) and only mean and
-cov come back; on the CPU a plain `run` already hands numpy arrays through without
-copies, so binding buys nothing there.
+cov come back; on the CPU a plain `run` already hands numpy arrays through, and binding
+them (preallocated output) measured no gain: batch 1, 400 interleaved calls, min
+lista-cs 1.278 ms run vs 1.279 ms bound, learned-admm-cs median 0.302 vs 0.294 ms.
 
 Trackers: the graph is one step (inputs "y" + state, outputs "mean", "cov" + next
 state, engines/runtime/onnx_export.py). `reset(n, z0)` takes the initial state from the
