@@ -1,0 +1,118 @@
+"""The clutter-suppression task: the Engine adapter of torch separators, the trained
+architectures by name, and their artifacts as engines.
+
+A separator is a torch module forward(D (N, T, 2, H, W)) -> S (N, T, 2, H, W), the bubble
+(contrast agent) part of a window of complex I/Q frames; the session scores the newest
+frame of S against the simulator's truth "bubbles" (EngineInfo.task "clutter-suppression").
+
+    rpca-fista   RobustPCA (engines.imaging.rpca), model-based, built by `build_rpca_fista`
+    corona       CORONA (engines.imaging.corona), unfolded                 (artifact)
+    resnet       ComplexResNet (engines.imaging.resnet), black-box          (artifact)
+
+Artifact layout (task "clutter-suppression"): weights.safetensors holds the module's state
+dict; card.json has `architecture` = {"name", "kwargs"} and `input.window` = T.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from engines.base import EngineInfo, Family, check_finite
+from engines.errors import ArtifactError, BackendUnavailable, EngineInputError
+from engines.imaging.corona import CORONA
+from engines.imaging.resnet import ComplexResNet
+from engines.imaging.rpca import RobustPCA
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How to build one trained architecture from JSON kwargs, and its family."""
+
+    build: Callable[..., nn.Module]
+    family: Family
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "corona": Architecture(CORONA, "unfolded"),
+    "resnet": Architecture(ComplexResNet, "black-box"),
+}
+
+
+class ClutterEngine:
+    """Engine around a separator module: (N, T, 2, H, W) float32 I/Q windows -> (N, 1, 2, H, W),
+    the newest frame's bubbles (or all T frames with output="all"). Runs the module in
+    float32 without gradients; threads are the caller's (torch's intra-op setting)."""
+
+    def __init__(self, name: str, family: Family, module: nn.Module, window: int,
+                 output: str = "last") -> None:
+        if output not in ("last", "all"):
+            raise ValueError(f"output must be 'last' or 'all', got {output!r}")
+        self.module = module.eval().float()
+        self.window, self.output = int(window), output
+        self.info = EngineInfo(
+            name=name, family=family, task="clutter-suppression", backend="torch", window=self.window,
+            in_shape=(self.window, 2, -1, -1), out_shape=(1 if output == "last" else self.window, 2, -1, -1),
+            n_params=sum(p.numel() for p in module.parameters() if p.requires_grad),
+        )
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 5 or x.shape[1] != self.window or x.shape[2] != 2:
+            raise EngineInputError(f"{self.info.name}: expected (N, {self.window}, 2, H, W) I/Q windows, "
+                                   f"got {x.shape}")
+        check_finite(self.info.name, x)
+        with torch.no_grad():
+            S = self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        S = S[:, -1:] if self.output == "last" else S
+        return S.numpy()
+
+
+def build_rpca_fista(*, backend: str = "auto", n_iter: int = 50, lambda1: float | None = None,
+                     lambda2: float | None = None, window: int = 20, output: str = "last") -> ClutterEngine:
+    """engines.load("rpca-fista", n_iter=..., window=...): RPCA by FISTA, torch only."""
+    if backend not in ("auto", "torch"):
+        raise BackendUnavailable(f"rpca-fista: runs on torch only, not {backend!r}")
+    kwargs = {k: float(v) for k, v in (("lambda1", lambda1), ("lambda2", lambda2)) if v is not None}
+    return ClutterEngine("rpca-fista", "model-based", RobustPCA(n_iter=int(n_iter), **kwargs), int(window),
+                         output)
+
+
+def build_separator(name: str, **kwargs) -> nn.Module:
+    """The untrained module of architecture `name` (kwargs as in the card)."""
+    arch = ARCHITECTURES.get(name)
+    if arch is None:
+        raise ValueError(f"unknown clutter-suppression architecture {name!r}; "
+                         f"known: {', '.join(ARCHITECTURES)}")
+    return arch.build(**kwargs)
+
+
+def engine_from_artifact(art, *, backend: str = "auto") -> ClutterEngine:
+    """The ClutterEngine of a verified clutter-suppression artifact (engines.artifacts.Artifact).
+
+    Rebuilds the card's architecture and loads the state dict strictly (a missing or extra
+    tensor is an ArtifactError naming the file).
+    """
+    where = art.path / "card.json"
+    if backend not in ("auto", "torch"):
+        raise BackendUnavailable(f"{art.card.get('name')}: this loader runs torch only, not {backend!r}")
+    spec = art.card.get("architecture") or {}
+    window = (art.card.get("input") or {}).get("window")
+    if not isinstance(window, int):
+        raise ArtifactError(f"{where}: input.window (frames per window) missing")
+    try:
+        module = build_separator(spec.get("name"), **spec.get("kwargs", {}))
+    except (TypeError, ValueError) as e:
+        raise ArtifactError(f"{where}: architecture {spec} cannot be built: {e}") from None
+    try:
+        module.load_state_dict(art.weights)
+    except RuntimeError as e:
+        raise ArtifactError(f"{art.path / 'weights.safetensors'}: does not fit {spec.get('name')}: "
+                            f"{str(e).splitlines()[0]}") from None
+    engine = ClutterEngine(art.card.get("name", art.path.name), ARCHITECTURES[spec["name"]].family, module,
+                           window)
+    engine.card = art.card
+    return engine
