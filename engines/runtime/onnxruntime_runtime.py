@@ -97,15 +97,17 @@ def open_session(path: Path, device: str = "cpu"):
 
 
 def info_from_card(card: dict[str, Any], name: str, backend: str) -> EngineInfo:
-    """EngineInfo of an exported artifact: shapes from the card's `onnx` entry."""
+    """EngineInfo of an exported artifact: shapes from the card's `onnx` entry; the window is
+    T of an imaging input (N, T, C, H, W), else 1 (engines/base.py)."""
     graph = card["onnx"]
+    in_shape = tuple(graph["inputs"][0]["shape"][1:])
     return EngineInfo(
         name=name,
         family=card.get("family", "unfolded"),
         task=card.get("task", ""),
         backend=backend,
-        window=1,
-        in_shape=tuple(graph["inputs"][0]["shape"][1:]),
+        window=in_shape[0] if len(in_shape) == 4 else 1,
+        in_shape=in_shape,
         out_shape=tuple(graph["outputs"][0]["shape"][1:]),
         n_params=graph.get("n_params", 0),
     )
