@@ -3,10 +3,18 @@
 Parametrized over every artifact folder in exported_models/ whose card lists model.onnx,
 so a new artifact (KalmanNet, CORONA) is picked up without editing this file. fp32
 relative error ||y_ort - y_torch|| / ||y_torch|| <= 1e-5 on random and on real inputs;
-trackers over 100 steps. "Random" inputs are Gaussian at the scale of the real ones:
-support selection is discontinuous (an entry at the top-k boundary swaps rank under a
-last-bit rounding change), so far out-of-distribution inputs test ties, not the export.
+trackers over 100 steps. "Random" inputs are Gaussian at the scale of the real ones.
+
+Support selection (LISTA-CPSS, ALISTA) is discontinuous: an entry at the top-k boundary
+passes unshrunk or shrunk by theta, so at a near-tie a last-bit rounding difference
+moves the output by theta. Such a problem has no float32 answer to 1e-5: torch in
+float32 itself lands on the other side of the float64 result (measured: a cached
+alista-cs-snr40, one row of 64 random draws, torch32 vs float64 9e-2, ONNX Runtime vs
+float64 3e-6). Rows where torch32 is more than RTOL from the float64 module are left out
+of the comparison, and may be at most 1 in 16.
 """
+
+import copy
 
 import numpy as np
 import pytest
@@ -32,8 +40,9 @@ def rel_err(a, b):
 
 
 def sparse_inputs(engine, n=64):
-    """(random, real): real = observations x = H s of the artifact's own H; random at their std."""
-    problem = SparseProblem(H=torch.as_tensor(engine.operator, dtype=torch.float64))
+    """(random, real): real = x = H s + w with the artifact's own H and SNR; random at their std."""
+    snr_db = (engine.card.get("problem") or {}).get("snr_db")
+    problem = SparseProblem(H=torch.as_tensor(engine.operator, dtype=torch.float64), snr_db=snr_db)
     real = problem.sample(n, torch.Generator().manual_seed(5)).x.numpy().astype(np.float32)
     rand = np.random.default_rng(6).normal(0.0, real.std(), real.shape).astype(np.float32)
     return {"random": rand, "real": real}
@@ -84,7 +93,12 @@ def test_onnxruntime_matches_torch_on_random_and_real_inputs(folder):
                 assert rel_err(covs_o, covs_t) <= RTOL, kind
         return
     for kind, x in sparse_inputs(torch_engine).items():
-        assert rel_err(ort_engine(x), torch_engine(x)) <= RTOL, kind
+        y_torch, y_ort = torch_engine(x), ort_engine(x)
+        with torch.no_grad():
+            y64 = copy.deepcopy(torch_engine.module).double()(torch.as_tensor(x, dtype=torch.float64)).numpy()
+        settled = np.linalg.norm(y_torch - y64, axis=1) <= RTOL * np.linalg.norm(y64, axis=1)
+        assert settled.mean() >= 15 / 16, kind
+        assert rel_err(y_ort[settled], y_torch[settled]) <= RTOL, kind
 
 
 def test_tiny_tracker_on_onnxruntime_matches_torch_over_100_steps(tmp_path):
