@@ -3,8 +3,9 @@
 `LearnedTracker` wraps any module that follows the stateful-tracker contract of
 engines/artifacts.py (`state_names`, `has_cov`, `init_state(n, z0)`,
 `step_tensors(y, *state) -> (mean, cov, *next_state)`): KalmanNet (both architectures),
-the GRU tracker and the model-based RNN. The module is run in inference mode on torch,
-float32; the engine keeps the state between calls.
+the GRU tracker, the model-based RNN and KalmanNet on CNN features of frames (Ex. 19).
+The module is run in inference mode on torch, float32; the engine keeps the state
+between calls.
 
 Artifact layout (task "tracking"): card.json has `architecture` = {"name", "kwargs"}
 (kwargs of the module's constructor other than the model), `model` = the LorenzSSM
@@ -53,10 +54,18 @@ def _model_based_rnn(ssm: LorenzSSM, x0, **kwargs) -> nn.Module:
     return ModelBasedRNN(ssm, x0=x0, **kwargs)
 
 
+def _feature_kalmannet(ssm: LorenzSSM, x0, size: int = 28, width: int = 8, **kwargs) -> nn.Module:
+    from engines.tracking.features import FeatureTracker, FrameEncoder
+    from engines.tracking.kalmannet import KalmanNet
+
+    return FeatureTracker(FrameEncoder(size, width), KalmanNet(ssm, x0=x0, **kwargs))
+
+
 ARCHITECTURES: dict[str, TrackerArchitecture] = {
     "kalmannet": TrackerArchitecture(_kalmannet, "dnn-aided"),
     "gru-tracker": TrackerArchitecture(_gru_tracker, "black-box"),
     "model-based-rnn": TrackerArchitecture(_model_based_rnn, "dnn-aided"),
+    "feature-kalmannet": TrackerArchitecture(_feature_kalmannet, "dnn-aided"),
 }
 
 
