@@ -130,3 +130,15 @@ def test_onnxruntime_tracker_checks_its_inputs_and_keeps_state_on_errors(tmp_pat
     first = engine.step(np.ones((2, 2)))
     engine.reset(2)
     assert np.array_equal(engine.step(np.ones((2, 2))).mean, first.mean)  # reset restarts the tracks
+
+
+def test_runtime_engine_info_takes_the_window_of_an_imaging_input_from_the_card():
+    card = {
+        "family": "unfolded",
+        "task": "clutter-suppression",
+        "onnx": {"inputs": [{"shape": ["N", 20, 2, 32, 32]}], "outputs": [{"shape": ["N", 20, 2, 32, 32]}]},
+    }
+    info = ort_rt.info_from_card(card, "corona", "onnxruntime")
+    assert info.window == 20 and info.in_shape == (20, 2, 32, 32) and info.task == "clutter-suppression"
+    card["onnx"]["inputs"][0]["shape"] = ["N", 250]
+    assert ort_rt.info_from_card(card, "lista", "onnxruntime").window == 1
