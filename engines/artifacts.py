@@ -29,7 +29,8 @@ WEIGHTS = "weights.safetensors"
 OPERATOR_KEY = "operator"  # the forward operator (e.g. a sparse-coding model's H), when the weights store one
 
 _TASK_BUILDERS = {"sparse-coding": "engines.sparse_models:engine_from_artifact",
-                  "tracking": "engines.tracking.learned:engine_from_artifact"}
+                  "tracking": "engines.tracking.learned:engine_from_artifact",
+                  "clutter-suppression": "engines.imaging.clutter:engine_from_artifact"}
 
 
 def engine_tasks() -> list[str]:
@@ -92,16 +93,16 @@ def read_artifact(directory: str | Path) -> Artifact:
     return Artifact(directory, card, weights)
 
 
-def load_artifact(directory: str | Path, backend: str = "auto"):
+def load_artifact(directory: str | Path, backend: str = "auto", precision: str = "fp32"):
     """The engine stored in an artifact folder, verified by sha256 (read_artifact).
 
     `backend`: "torch", "onnxruntime", "tensorrt" or "auto"; the torch engine is built by
     the card's `task`, the others from model.onnx (engines/runtime/backends.py, which
-    also makes the "auto" choice). Every engine carries `card` and `artifact_sha256` (the
-    weights' sha256, which recordings store), and one whose weights store an `operator`
-    (e.g. a sparse-coding model's H) that operator as numpy. Raises ArtifactError for an
-    unknown task or a card that does not describe a model this code can build,
-    BackendUnavailable when the backend cannot run it here.
+    also makes the "auto" choice); `precision` "fp16" applies to TensorRT. Every engine
+    carries `card` and `artifact_sha256` (the weights' sha256, which recordings store), and
+    one whose weights store an `operator` (e.g. a sparse-coding model's H) that operator as
+    numpy. Raises ArtifactError for an unknown task or a card that does not describe a
+    model this code can build, BackendUnavailable when the backend cannot run it here.
     """
     from engines.runtime.backends import build
 
@@ -119,7 +120,7 @@ def load_artifact(directory: str | Path, backend: str = "auto"):
             built.append(getattr(importlib.import_module(module), fn)(art, backend="torch"))
         return built[0]
 
-    engine = build(art, backend, torch_engine)
+    engine = build(art, backend, torch_engine, precision)
     engine.card = art.card
     engine.artifact_sha256 = art.sha256
     if OPERATOR_KEY in art.weights and not hasattr(engine, "operator"):

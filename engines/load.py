@@ -43,10 +43,10 @@ def available() -> list[str]:
 
 
 def _artifact_builder(directory):
-    def build(*, backend: str = "auto"):
+    def build(*, backend: str = "auto", precision: str = "fp32"):
         from engines.artifacts import load_artifact
 
-        return load_artifact(directory, backend)
+        return load_artifact(directory, backend, precision=precision)
 
     return build
 

@@ -183,18 +183,28 @@ def cpu_choice(art, torch_engine: Callable[[], Any]) -> tuple[str, Any]:
     return choice, candidates[choice]
 
 
-def build(art, backend: str, torch_engine: Callable[[], Any]):
+def build(art, backend: str, torch_engine: Callable[[], Any], precision: str = "fp32"):
     """The engine of a verified artifact on `backend` ("auto", "torch", "onnxruntime", "tensorrt").
 
     `torch_engine()` builds the torch engine (also the source of a tracker's init_state).
-    Raises BackendUnavailable naming the artifact and the reason.
+    `precision` "fp16" is TensorRT's (an explicit other backend refuses it; "auto" uses it
+    when it picks TensorRT and runs float32 elsewhere). Raises BackendUnavailable naming
+    the artifact and the reason.
     """
+    if precision not in trt_rt.PRECISIONS:
+        raise BackendUnavailable(
+            f"{_name(art)}: precision {precision!r} is not one of {', '.join(trt_rt.PRECISIONS)}"
+        )
+    if precision != "fp32" and backend in ("torch", "onnxruntime"):
+        raise BackendUnavailable(
+            f"{_name(art)}: precision {precision} runs on TensorRT only, not on {backend}"
+        )
     if backend == "torch":
         return torch_engine()
     if backend == "onnxruntime":
         return onnxruntime_engine(art, torch_engine)
     if backend == "tensorrt":
-        return tensorrt_engine(art, torch_engine)
+        return tensorrt_engine(art, torch_engine, precision)
     if backend != "auto":
         raise BackendUnavailable(
             f"{_name(art)}: unknown backend {backend!r}; one of auto, {', '.join(RUNTIMES)}"
@@ -203,7 +213,7 @@ def build(art, backend: str, torch_engine: Callable[[], Any]):
         return torch_engine()
     if trt_rt.available()[0]:
         try:
-            return tensorrt_engine(art, torch_engine)
+            return tensorrt_engine(art, torch_engine, precision)
         except EngineError as e:  # a graph TensorRT cannot build still runs on the next runtime
             log.warning("%s: TensorRT failed, trying ONNX Runtime: %s", _name(art), e)
     if ort_rt.available("gpu")[0]:

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 import engines
+import exported_models
 from engines.artifacts import CARD, load_artifact, sha256_of
 from engines.base import EngineInfo
 from engines.errors import ArtifactError, BackendUnavailable, EngineError, EngineInputError
+from engines.load import accepted_params
 from engines.runtime import onnxruntime_runtime as ort_rt
 from engines.runtime import tensorrt_runtime as trt_rt
 from engines.runtime.backends import available_backends
@@ -142,3 +144,14 @@ def test_runtime_engine_info_takes_the_window_of_an_imaging_input_from_the_card(
     assert info.window == 20 and info.in_shape == (20, 2, 32, 32) and info.task == "clutter-suppression"
     card["onnx"]["inputs"][0]["shape"] = ["N", 250]
     assert ort_rt.info_from_card(card, "lista", "onnxruntime").window == 1
+
+
+def test_fp16_is_tensorrt_s_precision_and_reaches_the_builder_as_a_parameter(exported, monkeypatch):
+    with pytest.raises(BackendUnavailable, match="fp16 runs on TensorRT only, not on onnxruntime"):
+        load_artifact(exported, "onnxruntime", precision="fp16")
+    with pytest.raises(BackendUnavailable, match="precision 'int8' is not one of"):
+        load_artifact(exported, "auto", precision="int8")
+    monkeypatch.setattr(exported_models, "artifact_dirs", lambda: [exported])
+    assert "precision" in accepted_params("tiny")  # a session config's params may set it
+    if not trt_rt.available()[0]:  # auto without TensorRT runs float32 on the CPU
+        assert engines.load("tiny", precision="fp16").info.backend in ("onnxruntime", "torch")
