@@ -155,5 +155,13 @@ def _register_tracking() -> None:
         register_recipe(recipe.name, recipe)
 
 
+def _register_ceus() -> None:
+    from mbdl_app.training.recipes.ceus import RECIPES
+
+    for recipe in RECIPES:
+        register_recipe(recipe.name, recipe)
+
+
 _register_sparse()
 _register_tracking()
+_register_ceus()
