@@ -23,8 +23,9 @@ The chosen q2 and the whole validation curve are in the JSON.
 Figures (as the anchors): per test sequence, the MSE per component (mean over the state's
 entries and time); MSE [dB] = 10 log10 of its mean over test sequences; "±" = the std over
 test sequences of the per-sequence dB. Run time = wall time to filter the whole test set,
-all sequences as one batch, on this machine in this run. Published run times are the
-reference's (2.2 GHz Xeon + P100) and only give the scale.
+all sequences as one batch, on this machine in this run, and the process CPU time of the
+same (steadier on a shared machine). Published run times are the reference's (2.2 GHz
+Xeon + P100) and only give the scale.
 
 Sizes of the full run (about 10 minutes on one core): T = 2000 and T = 20 settings, 100
 test and 20 validation sequences (the anchors' 100 test sequences); sampling mismatch, 20
@@ -182,12 +183,13 @@ def experiment_cases(experiment: str, quick: bool) -> list[Case]:
     raise ValueError(f"unknown experiment {experiment!r}; one of {', '.join(EXPERIMENTS)}")
 
 
-def filter_all(tracker, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """Filter y (N, T, m) as one batch of N tracks: means (N, T, n) and the wall time."""
-    start = time.perf_counter()
+def filter_all(tracker, y: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Filter y (N, T, m) as one batch of N tracks: means (N, T, n), the wall time and the
+    process CPU time (on a shared machine the CPU time is the steadier figure)."""
+    start, cpu = time.perf_counter(), time.process_time()
     tracker.reset(y.shape[0])
     means = np.stack([tracker.step(y[:, t]).mean for t in range(y.shape[1])], 1)
-    return means.astype(np.float64), time.perf_counter() - start
+    return means.astype(np.float64), time.perf_counter() - start, time.process_time() - cpu
 
 
 def per_sequence_mse(est: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -206,7 +208,7 @@ def grid_search(case: Case, method: str, x: np.ndarray, y: np.ndarray) -> tuple[
     curve = {}
     for q2 in case.q2_grid:
         try:
-            est, _ = filter_all(case.build(method, q2), y)
+            est = filter_all(case.build(method, q2), y)[0]
             curve[q2] = summarize(per_sequence_mse(est, x))[0]
         except EngineError:
             curve[q2] = math.inf
@@ -218,8 +220,8 @@ def grid_search(case: Case, method: str, x: np.ndarray, y: np.ndarray) -> tuple[
 def _row(case: Case, method: str, **fields: Any) -> dict[str, Any]:
     pub = case.published.get(method)
     row = {"setting": case.setting, "level": case.level, "T": case.T, "n_test": case.n_test,
-           "method": method, "artifact": None, "q2": None, "mse_db": None, "mse_db_std": None,
-           "run_time_s": None, "status": "ok",
+           "method": method, "artifact": None, "backend": None, "q2": None, "mse_db": None,
+           "mse_db_std": None, "run_time_s": None, "cpu_time_s": None, "status": "ok",
            "published_mse_db": pub.mse_db if pub else None,
            "published_std_db": pub.std_db if pub else None,
            "published_run_time_s": pub.run_time_s if pub else None, "delta_db": None}
@@ -229,9 +231,10 @@ def _row(case: Case, method: str, **fields: Any) -> dict[str, Any]:
     return row
 
 
-def _scored(case: Case, method: str, est: np.ndarray, x: np.ndarray, wall: float, **fields: Any) -> dict:
+def _scored(case: Case, method: str, est: np.ndarray, x: np.ndarray, wall: float, cpu: float,
+            **fields: Any) -> dict:
     mse_db, std_db = summarize(per_sequence_mse(est, x))
-    return _row(case, method, mse_db=mse_db, mse_db_std=std_db, run_time_s=wall, **fields)
+    return _row(case, method, mse_db=mse_db, mse_db_std=std_db, run_time_s=wall, cpu_time_s=cpu, **fields)
 
 
 def run_case(case: Case, log=print) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -242,8 +245,8 @@ def run_case(case: Case, log=print) -> tuple[dict[str, Any], dict[str, np.ndarra
     rows, curves, first = [], {}, {"truth": x[0]}
     for method in case.filters:
         q2, curves[METHODS[method]] = grid_search(case, method, x_val, y_val)
-        est, wall = filter_all(case.build(method, q2), y)
-        rows.append(_scored(case, METHODS[method], est, x, wall, q2=q2))
+        est, wall, cpu = filter_all(case.build(method, q2), y)
+        rows.append(_scored(case, METHODS[method], est, x, wall, cpu, q2=q2, backend="torch"))
         first[METHODS[method]] = est[0]
     for column, artifact in case.learned.items():
         if artifact is None:
@@ -257,8 +260,8 @@ def run_case(case: Case, log=print) -> tuple[dict[str, Any], dict[str, np.ndarra
         except EngineError as e:
             rows.append(_row(case, column, artifact=artifact, status=f"failed to load: {e}"))
             continue
-        est, wall = filter_all(tracker, y)
-        rows.append(_scored(case, column, est, x, wall, artifact=artifact))
+        est, wall, cpu = filter_all(tracker, y)
+        rows.append(_scored(case, column, est, x, wall, cpu, artifact=artifact, backend=tracker.info.backend))
         first[column] = est[0]
     for r in rows:
         log(format_row(r))
@@ -282,7 +285,7 @@ def format_row(r: dict[str, Any]) -> str:
         ours = f"{r['status']:<30}"
     else:
         ours = (f"{r['mse_db']:8.3f} ±{r['mse_db_std']:.3f} dB {r['run_time_s']:8.3f} s"
-                f" q2={_fmt(r['q2'], '.3g'):<7}")
+                f" (cpu {r['cpu_time_s']:7.3f} s) q2={_fmt(r['q2'], '.3g'):<7}")
     pub = ""
     if r["published_mse_db"] is not None:
         pub = f"published {r['published_mse_db']:8.3f}"
@@ -317,9 +320,9 @@ def plot_trajectory(first: dict[str, np.ndarray], title: str, path: Path, steps:
     return path
 
 
-CSV_FIELDS = ("setting", "level", "T", "n_test", "method", "artifact", "q2", "mse_db", "mse_db_std",
-              "run_time_s", "status", "published_mse_db", "published_std_db", "published_run_time_s",
-              "delta_db")
+CSV_FIELDS = ("setting", "level", "T", "n_test", "method", "artifact", "backend", "q2", "mse_db",
+              "mse_db_std", "run_time_s", "cpu_time_s", "status", "published_mse_db", "published_std_db",
+              "published_run_time_s", "delta_db")
 
 
 def run_experiment(experiment: str, out: str | Path, quick: bool = False, log=print) -> dict[str, Any]:

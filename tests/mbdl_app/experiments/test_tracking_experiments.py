@@ -31,6 +31,7 @@ def test_reproduce_table2_quick_writes_csv_json_png_next_to_the_published_figure
     for method in ("EKF", "UKF", "PF"):
         r = rows[method]
         assert r["status"] == "ok" and math.isfinite(float(r["mse_db"])) and float(r["run_time_s"]) > 0
+        assert r["backend"] == "torch"
         assert float(r["q2"]) in sampling_case(True).q2_grid
     assert rows["PF"]["published_mse_db"] == "-5.337" and rows["EKF"]["published_run_time_s"] == "5.44"
     for method in ("KalmanNet", "RNN (model-based)"):  # evaluated when its artifact exists
