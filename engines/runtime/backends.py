@@ -119,8 +119,13 @@ def tensorrt_engine(art, torch_engine: Callable[[], Any], precision: str = "fp32
     return engine
 
 
-def _probe_input(engine, rng: np.random.Generator) -> np.ndarray:
-    return rng.standard_normal((1, *engine.info.in_shape)).astype(np.float32)
+def example_shape(card: dict[str, Any], info) -> tuple[int, ...]:
+    """One batch element's input shape to measure with: the card's (its sizes fill the axes
+    an engine takes at any size), else the engine's."""
+    shape = (card.get("input") or {}).get("shape") or []
+    sizes = tuple(shape[1:])
+    ok = len(sizes) == len(info.in_shape) and all(isinstance(d, int) for d in sizes)
+    return sizes if ok else info.in_shape
 
 
 def _call_once(engine, x: np.ndarray) -> float:
@@ -132,10 +137,11 @@ def _call_once(engine, x: np.ndarray) -> float:
     return time.perf_counter() - start
 
 
-def probe_cpu(engines: dict[str, Any], calls: int = PROBE_CALLS) -> dict[str, float]:
-    """Minimum batch-1 latency (ms) of each engine, calls interleaved so that load shifts hit all alike."""
-    rng = np.random.default_rng(0)
-    x = _probe_input(next(iter(engines.values())), rng) * 0.1  # a small input keeps every model finite
+def probe_cpu(engines: dict[str, Any], shape: tuple[int, ...], calls: int = PROBE_CALLS) -> dict[str, float]:
+    """Minimum batch-1 latency (ms) of each engine on inputs of `shape` (one batch element),
+    calls interleaved so that load shifts hit all alike."""
+    # a small input keeps every model finite
+    x = 0.1 * np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
     for e in engines.values():
         if hasattr(e, "reset"):
             e.reset(1)
@@ -169,7 +175,7 @@ def cpu_choice(art, torch_engine: Callable[[], Any]) -> tuple[str, Any]:
     except (OSError, ValueError, KeyError):
         pass
     candidates = {"onnxruntime": onnxruntime_engine(art, torch_engine, "cpu"), "torch": torch_engine()}
-    fastest = probe_cpu(candidates)
+    fastest = probe_cpu(candidates, example_shape(art.card, candidates["torch"].info))
     choice = min(fastest, key=fastest.get)
     record = {
         "artifact": _name(art),

@@ -5,7 +5,9 @@ The graph follows the agreed contract (ARCHITECTURE.md "Formats"):
 - stateful trackers: ONE step, `step_tensors(y, *state) -> (mean, cov, *next_state)`, inputs
   "y" and the module's `state_names`, outputs "mean", "cov" and "next_<name>" per state, so
   the recurrent state is an explicit input/output and no runtime keeps hidden state.
-Every input and output has a dynamic batch axis 0. Exported with the TorchScript exporter
+Every input and output has a dynamic batch axis 0, and so has every axis the torch engine
+takes at any size (an imaging engine's H, W); an imaging engine that returns the newest
+frame of its window (T_out = 1) is exported with that cut. Exported with the TorchScript exporter
 (`dynamo=False`) at opset 17 and checked with `onnx.checker`. `--fp16` adds
 model.fp16.onnx (float16 inside, float32 inputs/outputs): the precision TensorRT 11 reads
 from the graph instead of a builder flag.
@@ -28,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from engines.artifacts import CARD, engine_tasks, load_artifact, sha256_of
+from engines.base import EngineInfo
 from engines.errors import ArtifactError
 
 OPSET = 17
@@ -76,11 +79,28 @@ def _example_input(card: dict[str, Any], where: Path) -> Tensor:
     return torch.randn(EXAMPLE_BATCH, *shape[1:], generator=torch.Generator().manual_seed(0))
 
 
-def graph_spec(module: nn.Module, card: dict[str, Any], where: Path):
-    """(graph module, example inputs, input names, output names) for the contract of `module`."""
+class _NewestFrame(nn.Module):
+    """An imaging module's window output cut to its newest frame: T_out = 1 (engines/base.py)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module(x)[:, -1:]
+
+
+def graph_spec(module: nn.Module, card: dict[str, Any], where: Path, info: EngineInfo | None = None):
+    """(graph module, example inputs, input names, output names) for the contract of `module`.
+
+    `info`, the torch engine's, says what the engine returns where the module returns more:
+    an imaging engine (input (N, T, C, H, W)) with T_out = 1 returns the newest frame of
+    the module's window output, and so does the graph.
+    """
     x = _example_input(card, where)
     if not is_tracker(module):
-        return module, (x,), ["x"], ["y"]
+        newest = info is not None and len(info.in_shape) == 4 and info.window > 1 and info.out_shape[0] == 1
+        return (_NewestFrame(module) if newest else module), (x,), ["x"], ["y"]
     names = tuple(module.state_names)
     state = tuple(module.init_state(EXAMPLE_BATCH, None))
     if len(state) != len(names):
@@ -88,9 +108,27 @@ def graph_spec(module: nn.Module, card: dict[str, Any], where: Path):
     return (_OneStep(module), (x, *state), ["y", *names], ["mean", "cov", *(f"next_{n}" for n in names)])
 
 
-def export_module(module: nn.Module, card: dict[str, Any], path: Path, where: Path) -> None:
-    """Write the contract graph of `module` (float32) to `path` and check it."""
-    graph, example, inputs, outputs = graph_spec(module.float().eval(), card, where)
+def _dynamic_axes(names: list[str], shape: tuple[int, ...] | None) -> dict[str, dict[int, str]]:
+    """Batch axis 0 of every tensor, and the axes the engine takes at any size (-1 in its info)."""
+    free = {i + 1: f"d{i + 1}" for i, n in enumerate(shape or ()) if n == -1}
+    return {name: {0: "N", **free} for name in names}
+
+
+def export_module(
+    module: nn.Module, card: dict[str, Any], path: Path, where: Path, info: EngineInfo | None = None
+) -> None:
+    """Write the contract graph of `module` (float32) to `path` and check it.
+
+    With the torch engine's `info`, the axes it takes at any size (e.g. an imaging
+    engine's H, W) stay dynamic in the graph; every other size is the card's.
+    """
+    graph, example, inputs, outputs = graph_spec(module.float().eval(), card, where, info)
+    dynamic = {
+        **_dynamic_axes(inputs[:1], info and info.in_shape),
+        **_dynamic_axes(inputs[1:], None),
+        **_dynamic_axes(outputs[:1], info and info.out_shape),
+        **_dynamic_axes(outputs[1:], None),
+    }
     with warnings.catch_warnings(), torch.no_grad():
         # tracing turns sizes into constants (e.g. support selection's k); the batch axis stays dynamic
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -101,7 +139,7 @@ def export_module(module: nn.Module, card: dict[str, Any], path: Path, where: Pa
             str(path),
             input_names=inputs,
             output_names=outputs,
-            dynamic_axes={n: {0: "N"} for n in inputs + outputs},
+            dynamic_axes=dynamic,
             opset_version=OPSET,
             dynamo=False,
             do_constant_folding=True,
@@ -110,9 +148,10 @@ def export_module(module: nn.Module, card: dict[str, Any], path: Path, where: Pa
     # shape inference loses sizes behind Where/Add broadcasts; the traced outputs know them
     model = onnx.load(str(path))
     for value, size in zip(model.graph.output, sizes, strict=True):
-        for dim, n in zip(list(value.type.tensor_type.shape.dim)[1:], size[1:], strict=True):
-            dim.Clear()
-            dim.dim_value = n
+        for axis, (dim, n) in enumerate(zip(value.type.tensor_type.shape.dim, size, strict=True)):
+            if axis not in dynamic[value.name]:
+                dim.Clear()
+                dim.dim_value = n
     onnx.save(model, str(path))
     onnx.checker.check_model(str(path), full_check=True)
 
@@ -150,13 +189,12 @@ def exportable(directory: str | Path) -> bool:
     return card.get("task") in engine_tasks()
 
 
-def torch_module(directory: Path) -> nn.Module:
-    """The artifact's torch module, from its verified weights (the torch engine's `module`)."""
+def torch_engine(directory: Path):
+    """The artifact's torch engine, from its verified weights; its `module` is what is exported."""
     engine = load_artifact(directory, backend="torch")
-    module = getattr(engine, "module", None)
-    if not isinstance(module, nn.Module):
+    if not isinstance(getattr(engine, "module", None), nn.Module):
         raise ArtifactError(f"{directory / CARD}: its torch engine exposes no nn.Module to export")
-    return module
+    return engine
 
 
 def export_artifact(directory: str | Path, fp16: bool = False) -> dict[str, Any]:
@@ -168,12 +206,13 @@ def export_artifact(directory: str | Path, fp16: bool = False) -> dict[str, Any]
     ArtifactError naming the artifact when it cannot be read or exported.
     """
     directory = Path(directory)
-    module = torch_module(directory)
+    engine = torch_engine(directory)
+    module = engine.module
     card_path = directory / CARD
     card = json.loads(card_path.read_text(encoding="utf-8"))
     path = directory / ONNX_FILE
     try:
-        export_module(module, card, path, card_path)
+        export_module(module, card, path, card_path, engine.info)
     except (RuntimeError, TypeError, ValueError, onnx.checker.ValidationError) as e:
         raise ArtifactError(f"{directory}: ONNX export failed: {str(e).splitlines()[0]}") from None
     graph = onnx.load(str(path)).graph

@@ -96,11 +96,20 @@ def open_session(path: Path, device: str = "cpu"):
         raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0]})") from None
 
 
+def _sizes(dims: list[int | str]) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) else -1 for d in dims)
+
+
+def fits(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    """Whether one batch element's `shape` matches `expected` (-1 = any size)."""
+    return len(shape) == len(expected) and all(e in (-1, n) for n, e in zip(shape, expected, strict=True))
+
+
 def info_from_card(card: dict[str, Any], name: str, backend: str) -> EngineInfo:
-    """EngineInfo of an exported artifact: shapes from the card's `onnx` entry; the window is
-    T of an imaging input (N, T, C, H, W), else 1 (engines/base.py)."""
+    """EngineInfo of an exported artifact: shapes from the card's `onnx` entry (a named,
+    dynamic axis is -1: any size); the window is T of an imaging input (N, T, C, H, W), else 1."""
     graph = card["onnx"]
-    in_shape = tuple(graph["inputs"][0]["shape"][1:])
+    in_shape = _sizes(graph["inputs"][0]["shape"][1:])
     return EngineInfo(
         name=name,
         family=card.get("family", "unfolded"),
@@ -108,7 +117,7 @@ def info_from_card(card: dict[str, Any], name: str, backend: str) -> EngineInfo:
         backend=backend,
         window=in_shape[0] if len(in_shape) == 4 else 1,
         in_shape=in_shape,
-        out_shape=tuple(graph["outputs"][0]["shape"][1:]),
+        out_shape=_sizes(graph["outputs"][0]["shape"][1:]),
         n_params=graph.get("n_params", 0),
     )
 
@@ -127,7 +136,7 @@ class OrtEngine:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
-        if x.ndim != 1 + len(self.info.in_shape) or x.shape[1:] != self.info.in_shape:
+        if x.ndim < 1 or not fits(x.shape[1:], self.info.in_shape):
             raise EngineInputError(
                 f"{self.info.name}: expected input (N, {', '.join(map(str, self.info.in_shape))}), "
                 f"got {x.shape}"

@@ -29,6 +29,7 @@ import numpy as np
 from engines.base import EngineInfo, Estimate, check_finite
 from engines.errors import ArtifactError, BackendUnavailable, EngineError, EngineInputError
 from engines.runtime.cache import cache_dir, cache_key, engine_key
+from engines.runtime.onnxruntime_runtime import fits
 
 WORKSPACE_BYTES = 1 << 30
 BATCH_PROFILE = (1, 8, 32)  # min, opt, max batch of the optimization profile
@@ -78,10 +79,12 @@ def _logger(trt):
     return trt.Logger(trt.Logger.WARNING)
 
 
-def build_serialized(onnx_path: Path, precision: str) -> bytes:
+def build_serialized(onnx_path: Path, precision: str, example: tuple[int, ...] = ()) -> bytes:
     """Build `onnx_path` into a serialized engine for CUDA device 0 (see the module docstring).
 
-    `onnx_path` already holds float16 arithmetic for fp16 on TensorRT >= 11. Raises
+    `onnx_path` already holds float16 arithmetic for fp16 on TensorRT >= 11. An axis other
+    than the batch that the graph leaves free (an imaging engine's H, W) is fixed at the
+    size of `example` (one batch element of the card's input). Raises
     ArtifactError when the parser rejects the graph, EngineError when the build fails.
     """
     trt = _trt()
@@ -103,7 +106,8 @@ def build_serialized(onnx_path: Path, precision: str) -> bytes:
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
-        rest = tuple(tensor.shape)[1:]
+        dims = tuple(tensor.shape)[1:]
+        rest = tuple(example[i] if n == -1 and i < len(example) else n for i, n in enumerate(dims))
         profile.set_shape(
             tensor.name, (BATCH_PROFILE[0], *rest), (BATCH_PROFILE[1], *rest), (BATCH_PROFILE[2], *rest)
         )
@@ -152,7 +156,8 @@ def load_or_build(
     source = onnx_path
     if precision == "fp16" and major_version(trt) >= 11:
         source = _fp16_graph(onnx_path, onnx_sha256, card)
-    serialized = build_serialized(source, precision)
+    shape = (card.get("input") or {}).get("shape") or []
+    serialized = build_serialized(source, precision, tuple(d for d in shape[1:] if isinstance(d, int)))
     _write_atomic(path, serialized)
     return serialized, True
 
@@ -224,7 +229,7 @@ class TrtEngine:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         torch = self.graph._torch
         x = np.asarray(x)
-        if x.ndim != 1 + len(self.info.in_shape) or x.shape[1:] != self.info.in_shape:
+        if x.ndim < 1 or not fits(x.shape[1:], self.info.in_shape):
             raise EngineInputError(
                 f"{self.info.name}: expected input (N, {', '.join(map(str, self.info.in_shape))}), "
                 f"got {x.shape}"

@@ -30,7 +30,7 @@ import psutil
 import exported_models
 from engines.artifacts import load_artifact
 from engines.errors import BackendUnavailable, UnknownEngineError
-from engines.runtime.backends import available_backends
+from engines.runtime.backends import available_backends, example_shape
 from engines.runtime.threads import set_intra_op_threads
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -51,7 +51,8 @@ def _call(engine, x: np.ndarray) -> float:
 
 
 def _input(engine, batch: int, rng: np.random.Generator) -> np.ndarray:
-    return (INPUT_STD * rng.standard_normal((batch, *engine.info.in_shape))).astype(np.float32)
+    shape = example_shape(engine.card, engine.info)
+    return (INPUT_STD * rng.standard_normal((batch, *shape))).astype(np.float32)
 
 
 def _prepare(engine, batch: int) -> None:
