@@ -212,7 +212,9 @@ def ukf_update(ssm: StateSpaceModel, x: torch.Tensor, P: torch.Tensor, y: torch.
     N, n = x.shape
     sig = sigma_points(x, P, W.c)
     sig_h = ssm.h(sig.view(-1, n)).view(N, sig.shape[1], -1)  # gamma = h(chi)
-    y_hat = W.Wm @ sig_h
+    # y_hat = sum Wm gamma, taken as gamma_0 + sum Wm (gamma - gamma_0) (sum Wm = 1) so that
+    # angles straddling +-pi (spherical azimuth) average through the wrapped differences
+    y_hat = sig_h[:, 0] + W.Wm @ _residual(ssm, sig_h, sig_h[:, 0])
     dy = _residual(ssm, sig_h, y_hat)
     S = _weighted_cov(W.Wc, dy, dy) + ssm.R  # S = sum Wc (gamma - y_hat)(.)' + R
     Pxy = _weighted_cov(W.Wc, sig - x.unsqueeze(1), dy)  # P_xy = sum Wc (chi - x)(gamma - y_hat)'
@@ -228,6 +230,8 @@ class UnscentedKalmanFilter(GaussianFilter):
     Unlike filterpy, whose update reuses the sigma points propagated by predict (they
     miss Q), the update redraws them from N(x_{t|t-1}, P_{t|t-1}), Q included: with the
     sampling-mismatch Q (0.1 against R = I) the reused points understate S and P_xy.
+    And the predicted observation averages differences from the centre point, wrapped,
+    where filterpy averages the raw values: near azimuth +-pi those differ.
     """
 
     name = "ukf"

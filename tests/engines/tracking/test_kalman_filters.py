@@ -100,10 +100,15 @@ def test_ukf_matches_filterpy_unscented_kalman_filter(obs):
     def as_np(fn):
         return lambda v, *_: fn(torch.from_numpy(np.reshape(v, (1, 3))))[0].numpy()
 
+    def residual_z(a, b):
+        return ssm.innovation(torch.from_numpy(np.atleast_2d(a)), torch.from_numpy(np.atleast_2d(b))).numpy()
+
+    def z_mean(sigmas, Wm):  # ours: gamma_0 + sum Wm (gamma - gamma_0), wrapped (filterpy: sum Wm gamma)
+        return sigmas[0] + Wm @ residual_z(sigmas, np.tile(sigmas[0], (len(sigmas), 1)))
+
     points = MerweScaledSigmaPoints(3, alpha=alpha, beta=beta, kappa=kappa)
     ref = FilterpyUKF(dim_x=3, dim_z=3, dt=0.02, hx=as_np(ssm.h), fx=as_np(ssm.f), points=points,
-                      residual_z=lambda a, b: ssm.innovation(torch.from_numpy(a)[None],
-                                                             torch.from_numpy(b)[None])[0].numpy())
+                      residual_z=lambda a, b: residual_z(a, b)[0], z_mean_fn=z_mean)
     ref.x, ref.P, ref.Q, ref.R = x0.copy(), P0.copy(), ssm.Q.numpy(), ssm.R.numpy()
     for t in range(200):
         ref.predict()
