@@ -73,7 +73,8 @@ SETTINGS: dict[str, Setting] = {
         "lorenz-rot", "1-degree rotated observations at 1/r2 = 30 dB, nu = -20 dB; model assumes y = x",
         LorenzParams(J=5, dt=0.02, q2=1e-5, r2=1e-3, obs="rotated", angle_deg=1.0, x0_std=0.1),
         {"J": 5, "dt": 0.02, "q2": 1e-5, "r2": 1e-3, "obs": "identity", "angle_deg": 0.0},
-        seeds=(7201, 7202, 7203), test=20, test_T=2000, steps=(100, 40)),
+        # validation levels off within 20 batches: -36.3 dB after 20, -36.1 after 40 (a longer run)
+        seeds=(7201, 7202, 7203), test=20, test_T=2000, steps=(20, 10)),
 }
 
 
