@@ -9,7 +9,7 @@
     mbdl export FILE [--out DIR] [--format ome.tif|seq.mha|csv ...]
     mbdl export ARTIFACT [--fp16]     model.onnx (+ sha256 in the card)
     mbdl train NAME [--quick] [--out DIR] [--resume]
-    mbdl reproduce table2 | kalmannet [--quick] [--out DIR]
+    mbdl reproduce table2 | kalmannet | fig6 [--quick] [--out DIR]
     mbdl bench session | serial | gui | sparse | engines | tracker NAME
     mbdl doctor [--json]
 
@@ -421,6 +421,19 @@ def reproduce_kalmannet(
 ) -> None:
     """The five KalmanNet Lorenz settings of ANCHORS.md, every filter beside the published MSE."""
     _reproduce("kalmannet", out, quick)
+
+
+@reproduce_app.command("fig6")
+def reproduce_fig6(
+    out: Annotated[Path, typer.Option(help="Folder for the CSV, JSON and PNG.")] = Path("reproduce_out"),
+    quick: Annotated[bool, typer.Option(help="4 small windows, 20 FISTA iterations: a smoke run.")] = False,
+    corona: Annotated[str, typer.Option(help="CORONA artifact (name or folder).")] = "corona-ceus",
+    resnet: Annotated[str, typer.Option(help="ResNet artifact (name or folder).")] = "resnet-ceus",
+) -> None:
+    """Seed Fig. 6: MSE of S vs RPCA-FISTA iterations and CORONA layers, ResNet and SVD filter lines."""
+    from mbdl_app.experiments.fig6 import run_fig6
+
+    run_fig6(out / "fig6", quick=quick, corona=corona, resnet=resnet)
 
 
 def main(argv: list[str] | None = None) -> None:

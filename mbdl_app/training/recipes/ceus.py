@@ -33,7 +33,7 @@ from mbdl_app.training.trainer import TrainConfig, Trainer
 
 TRAIN_SEED, VAL_SEED, TEST_SEED = 1, 2, 3  # CeusParams.seed of the three sets
 WINDOW, PATCH = 20, 32
-LIVE_SIZE = 128  # model.onnx is traced at the live frame size (its H, W are fixed; torch takes any)
+LIVE_SIZE = 128  # model.onnx is traced at the live frame size (fixed H, W; torch takes any); quick: patch
 
 
 @dataclass(frozen=True)
@@ -118,16 +118,17 @@ class CeusRecipe(Recipe):
             return metrics
 
         steps = 3 if quick else m.steps
+        side = size.patch if quick else LIVE_SIZE
         card = {
             "task": "clutter-suppression",
             "family": ARCHITECTURES[m.arch].family,
             "description": self.description,
             "architecture": {"name": m.arch, "kwargs": m.kwargs},
-            "input": {"shape": ["N", WINDOW, 2, LIVE_SIZE, LIVE_SIZE], "window": WINDOW, "dtype": "float32",
+            "input": {"shape": ["N", WINDOW, 2, side, side], "window": WINDOW, "dtype": "float32",
                       "normalization": "none (CORONA is scale-equivariant; the ResNet is trained at the "
                                        "simulator's level)",
                       "meaning": "windows of complex I/Q frames D, channels [I, Q]"},
-            "output": {"shape": ["N", WINDOW, 2, LIVE_SIZE, LIVE_SIZE], "dtype": "float32",
+            "output": {"shape": ["N", WINDOW, 2, side, side], "dtype": "float32",
                        "meaning": "the bubble (contrast) signal S of every frame of the window"},
             "training": {
                 "data": (f"sim:ceus defaults, {size.patch} x {size.patch} x {WINDOW} windows tiled from "
