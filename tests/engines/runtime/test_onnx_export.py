@@ -96,3 +96,36 @@ def test_a_recipe_whose_task_has_no_engine_writes_no_onnx(tmp_path):
 
     folder = get_recipe("demo-linear").run(tmp_path, quick=True, quiet=True)
     assert not (folder / ONNX_FILE).exists()
+
+
+class TinyWindowFilter(torch.nn.Module):
+    """An imaging module shaped like CORONA: (N, T, 2, H, W) -> (N, T, 2, H, W), a 3x3 conv per frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        n, t = x.shape[:2]
+        return self.conv(x.flatten(0, 1)).unflatten(0, (n, t)) - x.mean(dim=1, keepdim=True)
+
+
+def test_an_imaging_engine_exports_its_newest_frame_with_free_height_and_width(tmp_path):
+    from engines.base import EngineInfo
+    from engines.runtime import onnxruntime_runtime as ort_rt
+
+    module, path = TinyWindowFilter().eval(), tmp_path / "imaging.onnx"
+    info = EngineInfo(
+        "tiny-window", "unfolded", "clutter-suppression", "torch", 4, (4, 2, -1, -1), (1, 2, -1, -1)
+    )
+    export_module(module, {"input": {"shape": ["N", 4, 2, 8, 8]}}, path, path, info)
+    graph = onnx.load(str(path)).graph
+    dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["N", 4, 2, "d3", "d4"]
+    x = np.random.default_rng(0).normal(0, 1, (3, 4, 2, 12, 10)).astype(np.float32)  # not the card's 8 x 8
+    (y,) = ort_rt.open_session(path).run(None, {"x": x})
+    with torch.no_grad():
+        expected = module(torch.as_tensor(x))[:, -1:].numpy()
+    assert y.shape == (3, 1, 2, 12, 10)
+    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5)
