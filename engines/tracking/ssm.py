@@ -5,7 +5,9 @@ w ~ N(0, Q), v ~ N(0, R). Every operation is differentiable, so the same model s
 a fixed filter, covariances learned by BPTT (seed Example 13) and KalmanNet (Example 18).
 
 The Lorenz model here is what the filter believes; the world it tracks is simulated
-separately (drivers/sim/lorenz.py) so that a mismatch between them can exist.
+separately (drivers/sim/lorenz.py) so that a mismatch between them can exist. Linear
+models (LinearSSM): the 1-D constant velocity of seed Example 13 and the random walk a
+linear KF assumes for Lorenz data.
 """
 
 from __future__ import annotations
