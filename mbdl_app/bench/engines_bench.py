@@ -4,7 +4,8 @@ Per artifact and backend (torch, onnxruntime, tensorrt):
 - first call: loading the engine (ONNX Runtime session / TensorRT build or cache load /
   torch module) plus its first call, in seconds;
 - latency at batch 1, p50 and p99 in ms (trackers: one `step` after `reset(1)`), with the
-  backends' calls interleaved so that a load change on shared cores hits all alike;
+  backends' calls interleaved so that a load change on shared cores hits all alike; the
+  repeat counts are capped by a time budget per artifact and batch size (BUDGET_S);
 - throughput at batch 8 and 32 (samples/s, from the median time of a call; trackers:
   steps of 8 or 32 tracks);
 - memory: growth of the process RSS from before loading to after the runs (MiB;
@@ -12,7 +13,7 @@ Per artifact and backend (torch, onnxruntime, tensorrt):
 Every artifact also gets the ratio ONNX Runtime p50 / torch p50 at batch 1 (the issue's
 CPU target: <= 0.75 for CORONA and the KalmanNet step). Both runtimes use one intra-op
 thread, as in a live session (engines/runtime/threads.py). Inputs are N(0, 0.3^2) draws
-(the scale of the sparse-coding benchmark's observations).
+(the scale of the sparse-coding benchmark's observations) at the card's input size.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from engines.runtime.backends import available_backends, example_shape
 from engines.runtime.threads import set_intra_op_threads
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BUDGET_S = 30.0  # per artifact and batch size
+MIN_CALLS = 5
 INPUT_STD = 0.3
 
 
@@ -71,16 +74,21 @@ def _load(folder: Path, backend: str, rng: np.random.Generator) -> dict[str, Any
 
 
 def _interleaved(
-    engines: dict[str, Any], batch: int, calls: int, rng: np.random.Generator
+    engines: dict[str, Any], batch: int, calls: int, rng: np.random.Generator, budget_s: float = BUDGET_S
 ) -> dict[str, np.ndarray]:
-    """Seconds per call of each engine at `batch`, the backends' calls interleaved."""
+    """Seconds per call of each engine at `batch`, the backends' calls interleaved: `calls`
+    rounds, or fewer (at least MIN_CALLS) once `budget_s` is spent (a CORONA window takes
+    about a second on one CPU thread)."""
     for e in engines.values():
         _prepare(e, batch)
     x = _input(next(iter(engines.values())), batch, rng)
     for e in engines.values():
         _call(e, x)  # warm-up at this batch size (shape-specialized kernels, buffers)
     times: dict[str, list[float]] = {k: [] for k in engines}
-    for _ in range(calls):
+    start = time.perf_counter()
+    for i in range(calls):
+        if i >= MIN_CALLS and time.perf_counter() - start > budget_s:
+            break
         for k, e in engines.items():
             times[k].append(_call(e, x))
     return {k: np.asarray(v) for k, v in times.items()}
@@ -121,6 +129,7 @@ def bench_artifact(
             "first_call_s": round(loaded[b]["first_call_s"], 4),
             "p50_ms": round(float(np.percentile(lat[b], 50) * 1e3), 4),
             "p99_ms": round(float(np.percentile(lat[b], 99) * 1e3), 4),
+            "calls_batch1": len(lat[b]),
             **{f"throughput_b{n}_per_s": round(n / float(np.median(thr[n][b])), 1) for n in batches},
             "rss_growth_mib": round(_rss_mib() - loaded[b]["rss_before"], 1),
         }
