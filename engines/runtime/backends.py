@@ -7,11 +7,10 @@ this onnxruntime build has them, else the CPU), "tensorrt" (model.onnx built on 
     tensorrt > onnxruntime-gpu > onnxruntime-cpu / torch
 
 and between the two CPU runtimes by measured speed: a probe (PROBE_CALLS batch-1 calls
-of each, interleaved) runs once per artifact, machine and versions and is cached in
-`cache_dir("backend-probe")` as JSON; the one with the lower minimum wins (the minimum,
-not the median: on shared cores a preempted call measures the neighbours, not the
-runtime). An artifact without model.onnx
-runs on torch.
+of each, interleaved, fewer past PROBE_BUDGET_S) runs once per artifact, machine and
+versions and is cached in `cache_dir("backend-probe")` as JSON; the one with the lower
+minimum wins (the minimum, not the median: on shared cores a preempted call measures the
+neighbours, not the runtime). An artifact without model.onnx runs on torch.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from engines.runtime.cache import cache_dir, cache_key
 ONNX_FILE = "model.onnx"
 RUNTIMES = ("torch", "onnxruntime", "tensorrt")
 PROBE_CALLS = 20
+PROBE_BUDGET_S = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +137,15 @@ def _call_once(engine, x: np.ndarray) -> float:
     return time.perf_counter() - start
 
 
-def probe_cpu(engines: dict[str, Any], shape: tuple[int, ...], calls: int = PROBE_CALLS) -> dict[str, float]:
+def probe_cpu(
+    engines: dict[str, Any],
+    shape: tuple[int, ...],
+    calls: int = PROBE_CALLS,
+    budget_s: float = PROBE_BUDGET_S,
+) -> dict[str, float]:
     """Minimum batch-1 latency (ms) of each engine on inputs of `shape` (one batch element),
-    calls interleaved so that load shifts hit all alike."""
+    calls interleaved so that load shifts hit all alike; `calls` rounds, or fewer (at least
+    3) once `budget_s` is spent, so that a slow model (a CORONA window: ~1 s) loads in seconds."""
     # a small input keeps every model finite
     x = 0.1 * np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
     for e in engines.values():
@@ -147,7 +153,10 @@ def probe_cpu(engines: dict[str, Any], shape: tuple[int, ...], calls: int = PROB
             e.reset(1)
         _call_once(e, x)  # warm-up: first-call allocations and lazy initialization
     times: dict[str, list[float]] = {k: [] for k in engines}
-    for _ in range(calls):
+    start = time.perf_counter()
+    for i in range(calls):
+        if i >= 3 and time.perf_counter() - start > budget_s:
+            break
         for k, e in engines.items():
             times[k].append(_call_once(e, x))
     return {k: float(np.min(v) * 1e3) for k, v in times.items()}
