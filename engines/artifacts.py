@@ -30,7 +30,8 @@ OPERATOR_KEY = "operator"  # the forward operator (e.g. a sparse-coding model's 
 
 _TASK_BUILDERS = {"sparse-coding": "engines.sparse_models:engine_from_artifact",
                   "tracking": "engines.tracking.learned:engine_from_artifact",
-                  "clutter-suppression": "engines.imaging.clutter:engine_from_artifact"}
+                  "clutter-suppression": "engines.imaging.clutter:engine_from_artifact",
+                  "super-resolution": "engines.imaging.ulm:engine_from_artifact"}
 
 
 def engine_tasks() -> list[str]:

@@ -21,6 +21,7 @@ from engines.errors import BackendUnavailable, EngineError, UnknownEngineError
 _BUILDERS: dict[str, str | Callable[..., Any]] = {
     "svd-filter": "engines.imaging.svd_filter:build",
     "rpca-fista": "engines.imaging.clutter:build_rpca_fista",
+    "ulm-fista": "engines.imaging.ulm:build_ulm_fista",
     "ekf": "engines.tracking.kalman:build_ekf",
     "kf": "engines.tracking.kalman:build_kf",
     "ukf": "engines.tracking.kalman:build_ukf",

@@ -47,7 +47,10 @@ _ENGINE_SPEC = re.compile(r"^(?P<name>[\w.-]+)(?::(?P<backend>\w+))?(?:@(?P<sour
 
 
 def parse_engine_spec(spec: str) -> EngineConfig:
-    """`NAME[:BACKEND][@SOURCE]`, e.g. `ekf`, `svd-filter@ceus`, `corona-ceus:onnxruntime`."""
+    """`NAME[:BACKEND][@SOURCE]`, e.g. `ekf`, `svd-filter@ceus`, `corona-ceus:onnxruntime`.
+
+    `@` may also name an engine given before (`ulm-lista@corona-ceus`): `build_config` turns
+    that into a chain (the engine reads the other's output frames)."""
     m = _ENGINE_SPEC.match(spec)
     if not m:
         raise ConfigError(f"--engine {spec!r}: expected NAME[:BACKEND][@SOURCE]")
@@ -83,6 +86,11 @@ def build_config(config: Path | None, sources: list[str], engine_specs: list[str
             taken.add(name)
             srcs.append(SourceConfig(name=name, uri=uri))
     engines_ = [parse_engine_spec(e) for e in engine_specs] if engine_specs else cfg.engines
+    if engine_specs:  # NAME@LABEL of an earlier engine (and no source of that name) chains the two
+        names = {s.name for s in srcs}
+        engines_ = [e.model_copy(update={"source": None, "input": e.source})
+                    if e.source not in names and e.source in {p.label for p in engines_[:i]} else e
+                    for i, e in enumerate(engines_)]
     if sources and not engine_specs:
         names = {s.name for s in srcs}
         engines_ = [e for e in engines_ if e.source in names]

@@ -36,11 +36,15 @@ class EngineConfig(_Strict):
     """One engine on one source. `id` labels it (default: `name`); `params` go to its builder.
 
     `source` may be left out: the engine then reads the first source of the kind it
-    needs (frames for imaging engines, samples for trackers).
+    needs (frames for imaging engines, samples for trackers). `input` chains engines: the
+    engine reads the output frames of the engine labelled `input` (defined earlier in the
+    list; e.g. CORONA's bubbles feed ULM) instead of a source, and records its results on
+    that engine's source; it cannot also set `source`.
     """
 
     name: str
     source: str | None = None
+    input: str | None = None
     id: str | None = None
     backend: str = "auto"
     params: dict[str, Any] = Field(default_factory=dict)
@@ -69,7 +73,15 @@ class SessionConfig(_Strict):
         dup = sorted({n for n in labels if labels.count(n) > 1})
         if dup:
             raise ValueError(f"duplicate engine id(s): {', '.join(dup)} (give each an `id`)")
-        for e in self.engines:
+        for i, e in enumerate(self.engines):
+            if e.input is not None:
+                earlier = labels[:i]
+                if e.source is not None:
+                    raise ValueError(f"engine {e.label!r} sets both source {e.source!r} and input "
+                                     f"{e.input!r}; a chained engine reads its input engine's source")
+                if e.input not in earlier:
+                    raise ValueError(f"engine {e.label!r} reads engine {e.input!r}, which is not defined "
+                                     f"before it (engines so far: {', '.join(earlier) or 'none'})")
             if e.source is not None and e.source not in names:
                 raise ValueError(
                     f"engine {e.label!r} reads source {e.source!r}, which is not defined "

@@ -23,6 +23,7 @@ class Result:
     index / t: the newest input item it was computed from (source index and time).
     data: imaging (T_out, C, H, W) or tracker mean (n,); cov (n, n) or None.
     mse: squared error against the truth of that item when known, else None.
+    truth: that item's truth arrays (not recorded), passed on to chained engines.
     """
 
     engine: str
@@ -35,6 +36,7 @@ class Result:
     t_end: float
     cov: np.ndarray | None = None
     mse: float | None = None
+    truth: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def compute_latency(self) -> float:

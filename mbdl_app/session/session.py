@@ -26,6 +26,7 @@ import psutil
 
 import engines
 from drivers import SourceInfo, open_source, parse_uri
+from drivers.base import Frame
 from drivers.errors import DriverError
 from drivers.recording import ResultSpec
 from engines.load import accepted_params
@@ -34,7 +35,8 @@ from mbdl_app import __version__
 from mbdl_app.catalog import engine_kind
 from mbdl_app.config import EngineConfig, SessionConfig
 from mbdl_app.errors import SessionError
-from mbdl_app.session.bus import EngineStats, ResultBus
+from mbdl_app.session.bus import EngineStats, Result, ResultBus
+from mbdl_app.session.maps import MAP_TASK, MapSink
 from mbdl_app.session.recorder import Recorder
 from mbdl_app.session.rings import FrameRing, SampleQueue
 from mbdl_app.session.workers import (
@@ -57,6 +59,24 @@ def with_param(uri: str, key: str, value) -> str:
 
 def is_tracker(engine) -> bool:
     return engine_kind(engine) == "samples"
+
+
+def frame_of_result(r: Result) -> Frame:
+    """An imaging result as the frame a chained engine reads: its newest output frame, with the
+    input's index, time and truth, and its acquisition time (so the chain's latency is end to end)."""
+    return Frame(r.index, r.t, r.data[-1], r.truth, t_host=r.t_acquired)
+
+
+def fan_out(sinks: list):
+    """One callback calling each of `sinks` in order (a worker has one on_result)."""
+    if len(sinks) == 1:
+        return sinks[0]
+
+    def call(r: Result) -> None:
+        for sink in sinks:
+            sink(r)
+
+    return call
 
 
 @dataclass
@@ -98,7 +118,9 @@ class Session:
         self.bus = ResultBus()
         self.streams: dict[str, _Stream] = {}
         self.engines: dict[str, object] = {}
-        self.bindings: dict[str, str] = {}  # engine label -> source name
+        self.bindings: dict[str, str] = {}  # engine label -> source name (a chained engine: its input's)
+        self._frame_shapes: dict[str, tuple] = {}  # engine label -> shape of the frames it reads
+        self._maps: dict[str, MapSink] = {}  # super-resolution engine label -> its live map
         self.recorder: Recorder | None = None
         self._last_recording: Recorder | None = None  # for the final status after stop
         self._rec_lock = threading.Lock()
@@ -143,27 +165,36 @@ class Session:
         raise SessionError(f"engine {ec.label!r} ({ec.name}) needs a {want} source; "
                            f"none of {', '.join(self.streams)} gives {want}")
 
+    def _resolve_input(self, ec: EngineConfig, engine) -> str:
+        """A chained engine's source: its input engine's, when both are imaging engines."""
+        upstream = self.engines[ec.input]
+        for label, e in ((ec.input, upstream), (ec.label, engine)):
+            if engine_kind(e) != "frames":
+                raise SessionError(f"engine {ec.label!r} reads engine {ec.input!r}: only imaging engines "
+                                   f"chain, and {label!r} is not one")
+        return self.bindings[ec.input]
+
     def _build_engine(self, ec: EngineConfig):
         """Build an engine; a source's meta["model"] fills the physics parameters not set."""
         params = dict(ec.params)
         engine = engines.load(ec.name, backend=ec.backend, **params)
-        source = self._resolve_source(ec, engine)
+        source = self._resolve_input(ec, engine) if ec.input else self._resolve_source(ec, engine)
         model = self.streams[source].info.meta.get("model", {})
         extra = {k: model[k] for k in accepted_params(ec.name) & set(model) if k not in params}
         if extra:  # a model-based engine takes the physics from the source it reads
             engine = engines.load(ec.name, backend=ec.backend, **params, **extra)
         return engine, source
 
-    def _warm_up(self, label: str, engine, info: SourceInfo) -> tuple[tuple, tuple | None]:
-        """One call on zeros: the concrete output shape, and the first-call time."""
+    def _warm_up(self, label: str, engine, item_shape: tuple) -> tuple[tuple, tuple | None]:
+        """One call on zeros of the items it reads: the concrete output shape, the first-call time."""
         t0 = time.monotonic()
         if is_tracker(engine):
             engine.reset(1)
-            est = engine.step(np.zeros((1, *info.shape)))
+            est = engine.step(np.zeros((1, *item_shape)))
             engine.reset(1)
             shape, cov = est.mean.shape[1:], None if est.cov is None else est.cov.shape[1:]
         else:
-            out = engine(np.zeros((1, engine.info.window, *info.shape), np.float32))
+            out = engine(np.zeros((1, engine.info.window, *item_shape), np.float32))
             shape, cov = out.shape[1:], None
         self.bus.set_first_call(label, time.monotonic() - t0)
         return tuple(shape), (tuple(cov) if cov is not None else None)
@@ -189,11 +220,15 @@ class Session:
                 history = 1000 if is_tracker(engine) else 4
                 self.bus.register(EngineStats(ec.label, source, info.family, info.task,
                                               info.backend), history)
+                # a chained engine reads its input's newest output frame (T_out, C, H, W)[-1]
+                item_shape = (self._frame_shapes[ec.input] if ec.input
+                              else tuple(self.streams[source].info.shape))
                 try:
-                    shape, cov = self._warm_up(ec.label, engine, self.streams[source].info)
+                    shape, cov = self._warm_up(ec.label, engine, item_shape)
                 except Exception as e:
                     raise SessionError(f"engine {ec.label!r} failed its warm-up call on "
-                                       f"{source!r}: {type(e).__name__}: {e}") from e
+                                       f"{ec.input or source!r}: {type(e).__name__}: {e}") from e
+                self._frame_shapes[ec.label] = tuple(shape[1:])
                 self.engines[ec.label] = engine
                 sha = getattr(engine, "artifact_sha256", None)
                 if sha:
@@ -201,7 +236,14 @@ class Session:
                 specs.append(ResultSpec(source, ec.label, shape, cov, info={
                     "name": info.name, "family": info.family, "task": info.task,
                     "backend": info.backend, "window": info.window,
-                    "params": ec.params, "n_params": info.n_params, "shape": list(shape)}))
+                    "params": ec.params, "n_params": info.n_params, "shape": list(shape),
+                    **({"input": ec.input} if ec.input else {})}))
+                if info.task == MAP_TASK:
+                    self._maps[ec.label] = MapSink(ec.label, source, info.family, tuple(shape[-2:]), self.bus,
+                                                   self._record_result)
+                    specs.append(ResultSpec(source, self._maps[ec.label].label, tuple(shape), None, info={
+                        "name": info.name, "task": f"{MAP_TASK}-map", "of": ec.label,
+                        "meaning": "the sum of the engine's localization images so far"}))
             self._specs, self._artifacts = specs, artifacts
             self._wire()
             if self.record_path is not None:
@@ -217,7 +259,8 @@ class Session:
 
     def resolved_config(self) -> SessionConfig:
         """The config with every engine's source filled in (what a recording stores)."""
-        engines_ = [ec.model_copy(update={"source": self.bindings.get(ec.label, ec.source)})
+        engines_ = [ec if ec.input else ec.model_copy(update={"source": self.bindings.get(ec.label,
+                                                                                          ec.source)})
                     for ec in self.config.engines]
         return self.config.model_copy(update={"engines": engines_})
 
@@ -260,18 +303,29 @@ class Session:
         # any engine can produce a result from it
         for name, stream in self.streams.items():
             stream.consumers.append(lambda item, n=name: self._record_item(n, item))
-        on_result = self._record_result
+        # each engine's results go to the recorder, then to its map and the engines chained to it
+        sinks: dict[str, list] = {label: [self._record_result] for label in self.engines}
+        for label, sink in self._maps.items():
+            sinks[label].append(sink)
+        chained: dict[str, FrameRing] = {}  # a chained engine's ring, fed by its input's results
+        for ec in self.config.engines:
+            if ec.input:
+                ring = chained[ec.label] = FrameRing(self.engines[ec.label].info.window,
+                                                     self._frame_shapes[ec.input])
+                sinks[ec.input].append(lambda r, push=ring.push: push(frame_of_result(r)))
         for label, engine in self.engines.items():
             source = self.bindings[label]
+            on_result = fan_out(sinks[label])
             if is_tracker(engine):
                 q = SampleQueue()
                 w = TrackerWorker(label, source, engine, self.bus, self._stop,
                                   on_result, queue=q)
             else:
-                q = FrameRing(engine.info.window, self.streams[source].info.shape)
+                q = chained.get(label) or FrameRing(engine.info.window, self.streams[source].info.shape)
                 w = ImagingWorker(label, source, engine, self.bus, self._stop,
                                   on_result, ring=q)
-            self.streams[source].consumers.append(q.push)
+            if label not in chained:
+                self.streams[source].consumers.append(q.push)
             self._rings.append(q)
             self._workers.append(w)
         for name, stream in self.streams.items():
@@ -322,6 +376,8 @@ class Session:
             r.close()
         for w in self._workers:
             w.join(10.0)
+        for sink in self._maps.values():
+            sink.flush()
         self._close_sources()
         self.stop_recording()
 

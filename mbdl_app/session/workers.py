@@ -169,7 +169,7 @@ class ImagingWorker(EngineWorker):
             if self.truth_key and self.truth_key in newest.truth:
                 mse = squared_error(out[-1], newest.truth[self.truth_key])
             self._emit(Result(self.label, self.stream, newest.index, newest.t, out,
-                              newest.t_host, t_start, t_end, mse=mse), skipped)
+                              newest.t_host, t_start, t_end, mse=mse, truth=newest.truth), skipped)
 
 
 class TrackerWorker(EngineWorker):

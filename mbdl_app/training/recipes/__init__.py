@@ -162,6 +162,14 @@ def _register_ceus() -> None:
         register_recipe(recipe.name, recipe)
 
 
+def _register_ulm() -> None:
+    from mbdl_app.training.recipes.ulm import RECIPES
+
+    for recipe in RECIPES:
+        register_recipe(recipe.name, recipe)
+
+
 _register_sparse()
 _register_tracking()
 _register_ceus()
+_register_ulm()
