@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from torch import Tensor, nn
@@ -37,6 +38,7 @@ OPSET = 17
 ONNX_FILE = "model.onnx"
 ONNX_FP16_FILE = "model.fp16.onnx"
 EXAMPLE_BATCH = 2  # > 1, so that no size-1 axis is mistaken for a broadcast one while tracing
+HALF_SIZE_RTOL = 1e-4  # a baked-in size gives O(1) errors; rounding gives ~1e-6
 
 
 def _matrix_transpose(g, self):
@@ -120,13 +122,23 @@ def export_module(
     """Write the contract graph of `module` (float32) to `path` and check it.
 
     With the torch engine's `info`, the axes it takes at any size (e.g. an imaging
-    engine's H, W) stay dynamic in the graph; every other size is the card's.
+    engine's H, W) stay dynamic in the graph, if the graph holds at another size: tracing
+    can bake a size into a reshape, so the graph is run at half the card's sizes and
+    compared with torch; where it differs, every such axis is fixed at the card's size
+    (an engine on that graph then refuses other sizes instead of computing wrong ones).
     """
     graph, example, inputs, outputs = graph_spec(module.float().eval(), card, where, info)
+    free_in, free_out = (info.in_shape, info.out_shape) if info is not None else ((), ())
+    _trace(graph, example, inputs, outputs, path, free_in, free_out)
+    if -1 in free_in and not _holds_at_half_size(graph, example, free_in, path):
+        _trace(graph, example, inputs, outputs, path, (), ())
+
+
+def _trace(graph, example, inputs, outputs, path: Path, free_in, free_out) -> None:
     dynamic = {
-        **_dynamic_axes(inputs[:1], info and info.in_shape),
+        **_dynamic_axes(inputs[:1], free_in),
         **_dynamic_axes(inputs[1:], None),
-        **_dynamic_axes(outputs[:1], info and info.out_shape),
+        **_dynamic_axes(outputs[:1], free_out),
         **_dynamic_axes(outputs[1:], None),
     }
     with warnings.catch_warnings(), torch.no_grad():
@@ -154,6 +166,25 @@ def export_module(
                 dim.dim_value = n
     onnx.save(model, str(path))
     onnx.checker.check_model(str(path), full_check=True)
+
+
+def _holds_at_half_size(graph: nn.Module, example: tuple[Tensor, ...], free_in, path: Path) -> bool:
+    """Whether the stateless graph at `path` equals torch on an input with its free axes halved."""
+    import onnxruntime
+
+    x = example[0]
+    shape = [max(1, n // 2) if i > 0 and free_in[i - 1] == -1 else n for i, n in enumerate(x.shape)]
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = graph(x).numpy()
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (y,) = session.run(None, {"x": x.numpy()})
+    except Exception:  # onnxruntime's own error types: a shape baked in that no longer fits
+        return False
+    return y.shape == expected.shape and bool(
+        np.linalg.norm(y - expected) <= HALF_SIZE_RTOL * np.linalg.norm(expected)
+    )
 
 
 def _as_tuple(out: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:

@@ -129,3 +129,22 @@ def test_an_imaging_engine_exports_its_newest_frame_with_free_height_and_width(t
         expected = module(torch.as_tensor(x))[:, -1:].numpy()
     assert y.shape == (3, 1, 2, 12, 10)
     np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5)
+
+
+class SizeBakingFilter(torch.nn.Module):
+    """Weights each column by its position: tracing bakes the width W into the graph."""
+
+    def forward(self, x):
+        return x * torch.linspace(0.0, 1.0, int(x.shape[-1]))
+
+
+def test_free_axes_that_the_trace_baked_in_are_fixed_at_the_card_size(tmp_path):
+    from engines.base import EngineInfo
+
+    path = tmp_path / "baked.onnx"
+    info = EngineInfo("baked", "black-box", "clutter-suppression", "torch", 2, (2, 1, -1, -1), (2, 1, -1, -1))
+    export_module(SizeBakingFilter(), {"input": {"shape": ["N", 2, 1, 8, 8]}}, path, path, info)
+    dims = [
+        d.dim_param or d.dim_value for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    ]
+    assert dims == ["N", 2, 1, 8, 8]  # an engine on it refuses 16 x 16 instead of computing a wrong answer

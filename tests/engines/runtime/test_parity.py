@@ -5,6 +5,11 @@ so a new artifact (KalmanNet, CORONA) is picked up without editing this file. fp
 relative error ||y_ort - y_torch|| / ||y_torch|| <= 1e-5 on random and on real inputs;
 trackers over 100 steps. "Random" inputs are Gaussian at the scale of the real ones.
 
+A tracker's bound is max(1e-5, twice what torch itself moves when its observations move by
+float32 rounding (1e-7 relative)): a recurrent filter can amplify the last bit. Measured on
+a quick-trained kalmannet-lorenz-rot over 100 Lorenz steps: cov ONNX Runtime vs torch
+1.8e-5, torch vs torch on perturbed y 1.8e-5 (means 1.6e-8 and 1.4e-7).
+
 Support selection (LISTA-CPSS, ALISTA) is discontinuous: an entry at the top-k boundary
 passes unshrunk or shrunk by theta, so at a near-tie a last-bit rounding difference
 moves the output by theta. Such a problem has no float32 answer to 1e-5: torch in
@@ -25,6 +30,7 @@ from engines.artifacts import load_artifact, read_artifact
 from engines.base import EngineInfo
 from engines.runtime import onnxruntime_runtime as ort_rt
 from engines.runtime import tensorrt_runtime as trt_rt
+from engines.runtime.backends import example_shape
 from engines.runtime.onnx_export import export_module
 from engines.sparse_problem import SparseProblem
 
@@ -39,13 +45,28 @@ def rel_err(a, b):
     return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
 
 
-def sparse_inputs(engine, n=64):
-    """(random, real): real = x = H s + w with the artifact's own H and SNR; random at their std."""
-    snr_db = (engine.card.get("problem") or {}).get("snr_db")
-    problem = SparseProblem(H=torch.as_tensor(engine.operator, dtype=torch.float64), snr_db=snr_db)
-    real = problem.sample(n, torch.Generator().manual_seed(5)).x.numpy().astype(np.float32)
-    rand = np.random.default_rng(6).normal(0.0, real.std(), real.shape).astype(np.float32)
-    return {"random": rand, "real": real}
+def real_inputs(engine):
+    """Inputs of the artifact's own data: sparse coding x = H s + w (its H and SNR), clutter
+    suppression sim:ceus I/Q windows (32 x 32 patches); None for a task without a simulator here."""
+    task = engine.card["task"]
+    if task == "sparse-coding":
+        snr_db = (engine.card.get("problem") or {}).get("snr_db")
+        problem = SparseProblem(H=torch.as_tensor(engine.operator, dtype=torch.float64), snr_db=snr_db)
+        return problem.sample(64, torch.Generator().manual_seed(5)).x.numpy().astype(np.float32)
+    if task == "clutter-suppression":
+        from drivers.sim.ceus import CeusParams, windows
+
+        return windows(CeusParams(seed=11), 2, T=engine.info.window, patch=32)["D"]
+    return None
+
+
+def stateless_inputs(engine):
+    """{"random", "real"}: random draws at the scale and size of the real ones (or of the card)."""
+    real = real_inputs(engine)
+    shape = real.shape if real is not None else (4, *example_shape(engine.card, engine.info))
+    scale = real.std() if real is not None else 0.3
+    out = {"random": np.random.default_rng(6).normal(0.0, scale, shape).astype(np.float32)}
+    return out if real is None else {**out, "real": real}
 
 
 def lorenz_observations(card, n=2):
@@ -71,9 +92,11 @@ def run_tracker(engine, ys, z0=None):
 
 
 def tracker_inputs(engine, card, n=2):
-    rand = np.cumsum(np.random.default_rng(8).normal(0.0, 0.3, (STEPS, n, engine.info.in_shape[0])), axis=0)
+    """{"random": a random walk, "real": observations of the card's Lorenz model when the
+    tracker reads them directly (not, e.g., frames rendered from the state)}."""
+    rand = np.cumsum(np.random.default_rng(8).normal(0.0, 0.3, (STEPS, n, *engine.info.in_shape)), axis=0)
     out = {"random": rand}
-    if "model" in card:
+    if "model" in card and engine.info.in_shape == (3,):
         out["real"] = lorenz_observations(card, n)
     return out
 
@@ -87,13 +110,19 @@ def test_onnxruntime_matches_torch_on_random_and_real_inputs(folder):
         for kind, ys in tracker_inputs(torch_engine, torch_engine.card).items():
             means_t, covs_t = run_tracker(torch_engine, ys)
             means_o, covs_o = run_tracker(ort_engine, ys)
-            assert rel_err(means_o, means_t) <= RTOL, kind
+            # torch's own answer when y moves by float32 rounding: the floor of any float32 runtime
+            yp = ys * (1 + 1e-7 * np.random.default_rng(9).standard_normal(ys.shape))
+            means_p, covs_p = run_tracker(torch_engine, yp)
+            assert rel_err(means_o, means_t) <= max(RTOL, 2 * rel_err(means_p, means_t)), kind
             assert (covs_t is None) == (covs_o is None)
             if covs_t is not None:
-                assert rel_err(covs_o, covs_t) <= RTOL, kind
+                assert rel_err(covs_o, covs_t) <= max(RTOL, 2 * rel_err(covs_p, covs_t)), kind
         return
-    for kind, x in sparse_inputs(torch_engine).items():
+    for kind, x in stateless_inputs(torch_engine).items():
         y_torch, y_ort = torch_engine(x), ort_engine(x)
+        if torch_engine.card["task"] != "sparse-coding":
+            assert rel_err(y_ort, y_torch) <= RTOL, kind
+            continue
         with torch.no_grad():
             y64 = copy.deepcopy(torch_engine.module).double()(torch.as_tensor(x, dtype=torch.float64)).numpy()
         settled = np.linalg.norm(y_torch - y64, axis=1) <= RTOL * np.linalg.norm(y64, axis=1)
@@ -137,6 +166,6 @@ def test_tensorrt_matches_onnxruntime(folder):
         ys = tracker_inputs(ort_engine, ort_engine.card)["random"]
         assert rel_err(run_tracker(trt_engine, ys)[0], run_tracker(ort_engine, ys)[0]) <= 1e-3
         return
-    x = sparse_inputs(ort_engine, n=40)["real"]  # 40 > the profile's 32: the engine splits the batch
+    x = np.concatenate([stateless_inputs(ort_engine)["random"]] * 10)  # > the profile's 32: split
     assert rel_err(trt_engine(x), ort_engine(x)) <= 1e-3  # TF32 / kernel choice: not bit-level parity
     assert load_artifact(folder, "tensorrt").built is False  # the second load comes from the cache
