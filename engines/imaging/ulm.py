@@ -333,14 +333,16 @@ class Matching:
 
 
 def match(found: np.ndarray, truth: np.ndarray, tolerance: float) -> Matching:
-    """One-to-one matching of found (k, 2) and true (m, 2) positions by the Hungarian algorithm on
-    their distances; a pair farther apart than `tolerance` (coarse pixels) is not a match."""
+    """One-to-one matching of found (k, 2) and true (m, 2) positions by the Hungarian algorithm: the
+    most pairs closer than `tolerance` (coarse pixels), and among those the smallest squared error."""
     from scipy.optimize import linear_sum_assignment
 
     if len(found) == 0 or len(truth) == 0:
         return Matching(0, len(found), len(truth), np.zeros(0))
     d2 = ((found[:, None, :] - truth[None, :, :]) ** 2).sum(-1)
-    rows, cols = linear_sum_assignment(d2)
+    # a pair beyond the tolerance costs more than all possible matches together
+    far = tolerance**2 * (min(d2.shape) + 1)
+    rows, cols = linear_sum_assignment(np.where(d2 <= tolerance**2, d2, far))
     ok = d2[rows, cols] <= tolerance**2
     tp = int(ok.sum())
     return Matching(tp, len(found) - tp, len(truth) - tp, d2[rows, cols][ok])
