@@ -111,9 +111,12 @@ def graph_spec(module: nn.Module, card: dict[str, Any], where: Path, info: Engin
 
 
 def _dynamic_axes(names: list[str], shape: tuple[int, ...] | None) -> dict[str, dict[int, str]]:
-    """Batch axis 0 of every tensor, and the axes the engine takes at any size (-1 in its info)."""
-    free = {i + 1: f"d{i + 1}" for i, n in enumerate(shape or ()) if n == -1}
-    return {name: {0: "N", **free} for name in names}
+    """Batch axis 0 of every tensor, and the axes the engine takes at any size (-1 in its info),
+    named per tensor: an output's free size need not equal the input's (ULM upsamples)."""
+    return {
+        name: {0: "N", **{i + 1: f"{name}_d{i + 1}" for i, n in enumerate(shape or ()) if n == -1}}
+        for name in names
+    }
 
 
 def export_module(

@@ -122,7 +122,7 @@ def test_an_imaging_engine_exports_its_newest_frame_with_free_height_and_width(t
     export_module(module, {"input": {"shape": ["N", 4, 2, 8, 8]}}, path, path, info)
     graph = onnx.load(str(path)).graph
     dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
-    assert dims == ["N", 4, 2, "d3", "d4"]
+    assert dims == ["N", 4, 2, "x_d3", "x_d4"]
     x = np.random.default_rng(0).normal(0, 1, (3, 4, 2, 12, 10)).astype(np.float32)  # not the card's 8 x 8
     (y,) = ort_rt.open_session(path).run(None, {"x": x})
     with torch.no_grad():
