@@ -42,21 +42,26 @@ EXPORTED = [d for d in exported_models.artifact_dirs() if "onnx" in read_artifac
 
 
 def rel_err(a, b):
-    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
+    """||a - b|| / ||b||, or ||a - b|| where b is all zeros (e.g. no localization in a frame)."""
+    diff, ref = np.linalg.norm(np.asarray(a) - np.asarray(b)), np.linalg.norm(np.asarray(b))
+    return float(diff / ref if ref > 0 else diff)
 
 
 def real_inputs(engine):
     """Inputs of the artifact's own data: sparse coding x = H s + w (its H and SNR), clutter
-    suppression sim:ceus I/Q windows (32 x 32 patches); None for a task without a simulator here."""
+    suppression sim:ceus I/Q windows, super-resolution their bubble frames (32 x 32 patches);
+    None for a task without a simulator here."""
     task = engine.card["task"]
     if task == "sparse-coding":
         snr_db = (engine.card.get("problem") or {}).get("snr_db")
         problem = SparseProblem(H=torch.as_tensor(engine.operator, dtype=torch.float64), snr_db=snr_db)
         return problem.sample(64, torch.Generator().manual_seed(5)).x.numpy().astype(np.float32)
-    if task == "clutter-suppression":
+    if task in ("clutter-suppression", "super-resolution"):
         from drivers.sim.ceus import CeusParams, windows
 
-        return windows(CeusParams(seed=11), 2, T=engine.info.window, patch=32)["D"]
+        # clutter suppression reads the data D, localization the separated bubbles S
+        frames = windows(CeusParams(seed=11), 2, T=engine.info.window, patch=32)
+        return frames["D" if task == "clutter-suppression" else "S"]
     return None
 
 
