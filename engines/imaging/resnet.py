@@ -10,9 +10,12 @@ SVD filter and RPCA do), mapped to T output frames of S:
     layers 4-9     C -> C, 3 x 3      } x <- x + conv(CReLU(conv(x)))
     layer 10       C -> T, 3 x 3
 
-with CReLU (ReLU on the real and imaginary parts) between layers. C = 8 and T = 20 give
-about 24.5k parameters. A complex convolution is one real convolution with the block
-weight [[Wr, -Wi], [Wi, Wr]] on channels [real parts, imaginary parts].
+with CReLU (ReLU on the real and imaginary parts) between layers, and a global skip:
+S = D + net(D), so the network learns the clutter to remove (-L, nearly rank 3 in time and
+so able to pass the C-channel bottleneck; S itself, full rank in time, cannot: without the
+skip a 300-step training collapsed to S = 0). C = 8 and T = 20 give about 24.5k parameters.
+A complex convolution is one real convolution with the block weight [[Wr, -Wi], [Wi, Wr]]
+on channels [real parts, imaginary parts].
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class ComplexConv2d(nn.Module):
 
 
 class ComplexResNet(nn.Module):
-    """forward(D (N, T, 2, H, W)) -> S (N, T, 2, H, W); see the module docstring."""
+    """forward(D (N, T, 2, H, W)) -> S = D + net(D) (N, T, 2, H, W); see the module docstring."""
 
     def __init__(self, window: int = 20, channels: int = 8) -> None:
         super().__init__()
@@ -56,4 +59,4 @@ class ComplexResNet(nn.Module):
         for k in range(1, 9, 2):
             x = x + self.layers[k + 1](F.relu(self.layers[k](F.relu(x))))
         y = self.layers[9](F.relu(x))
-        return y.reshape(N, 2, T, H, W).transpose(1, 2)
+        return D + y.reshape(N, 2, T, H, W).transpose(1, 2)
