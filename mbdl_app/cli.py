@@ -253,6 +253,9 @@ def export(
         if entry["fp16"]:
             print(f"{folder / entry['fp16']['file']}  sha256 {entry['fp16']['sha256']}")
         return
+    if not Path(target).exists():
+        raise AppError(f"{target}: neither an artifact (no {target}/card.json here, in exported_models/ "
+                       "or in the user cache) nor a recording file")
     from drivers.export import export_recording
 
     for path in export_recording(Path(target), out, tuple(fmt) if fmt else ("ome.tif", "csv")):
