@@ -85,3 +85,8 @@ def test_export_cli_writes_model_onnx_of_an_artifact_folder(tmp_path):
     art = read_artifact(folder)
     assert art.card["onnx"]["sha256"] == art.card["files"]["model.onnx"] and art.card["onnx"]["opset"] == 17
     assert str(folder / "model.onnx") in done.stdout
+
+
+def test_export_of_an_unknown_name_says_it_is_neither_artifact_nor_recording():
+    done = CliRunner().invoke(app, ["export", "no-such-model"])
+    assert done.exit_code != 0 and "neither an artifact" in str(done.exception)
