@@ -36,7 +36,7 @@ from engines.runtime.threads import set_intra_op_threads
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 BUDGET_S = 30.0  # per artifact and batch size
-MIN_CALLS = 5
+MIN_CALLS = 5  # batch-1 latency rounds at least; throughput rounds: at least one
 INPUT_STD = 0.3
 
 
@@ -74,10 +74,15 @@ def _load(folder: Path, backend: str, rng: np.random.Generator) -> dict[str, Any
 
 
 def _interleaved(
-    engines: dict[str, Any], batch: int, calls: int, rng: np.random.Generator, budget_s: float = BUDGET_S
+    engines: dict[str, Any],
+    batch: int,
+    calls: int,
+    rng: np.random.Generator,
+    budget_s: float = BUDGET_S,
+    min_calls: int = MIN_CALLS,
 ) -> dict[str, np.ndarray]:
     """Seconds per call of each engine at `batch`, the backends' calls interleaved: `calls`
-    rounds, or fewer (at least MIN_CALLS) once `budget_s` is spent (a CORONA window takes
+    rounds, or fewer (at least `min_calls`) once `budget_s` is spent (a CORONA window takes
     about a second on one CPU thread)."""
     for e in engines.values():
         _prepare(e, batch)
@@ -87,7 +92,7 @@ def _interleaved(
     times: dict[str, list[float]] = {k: [] for k in engines}
     start = time.perf_counter()
     for i in range(calls):
-        if i >= MIN_CALLS and time.perf_counter() - start > budget_s:
+        if i >= min_calls and time.perf_counter() - start > budget_s:
             break
         for k, e in engines.items():
             times[k].append(_call(e, x))
@@ -121,7 +126,7 @@ def bench_artifact(
         return result
     kind = "tracker step" if hasattr(next(iter(engines.values())), "step") else "call"
     lat = _interleaved(engines, 1, repeats, rng)
-    thr = {n: _interleaved(engines, n, throughput_repeats, rng) for n in batches}
+    thr = {n: _interleaved(engines, n, throughput_repeats, rng, min_calls=1) for n in batches}
     for b, e in engines.items():
         result["backends"][b] = {
             "kind": kind,
