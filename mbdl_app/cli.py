@@ -9,7 +9,7 @@
     mbdl export FILE [--out DIR] [--format ome.tif|seq.mha|csv ...]
     mbdl export ARTIFACT [--fp16]     model.onnx (+ sha256 in the card)
     mbdl train NAME [--quick] [--out DIR] [--resume]
-    mbdl reproduce table2 | kalmannet | fig6 [--quick] [--out DIR]
+    mbdl reproduce table2 | kalmannet | fig6 | fig7 [--quick] [--out DIR]
     mbdl bench session | serial | gui | sparse | engines | tracker NAME
     mbdl doctor [--json]
 
@@ -445,6 +445,18 @@ def reproduce_fig6(
     from mbdl_app.experiments.fig6 import run_fig6
 
     run_fig6(out / "fig6", quick=quick, corona=corona, resnet=resnet)
+
+
+@reproduce_app.command("fig7")
+def reproduce_fig7(
+    out: Annotated[Path, typer.Option(help="Folder for the CSV, JSON and PNG.")] = Path("reproduce_out"),
+    quick: Annotated[bool, typer.Option(help="8 frames of 24 x 24, FISTA 10 iterations (smoke).")] = False,
+    lista: Annotated[str, typer.Option(help="ULM LISTA artifact (name or folder).")] = "ulm-lista",
+) -> None:
+    """Seed Fig. 7: ULM maps of the conv LISTA, FISTA and coarse peaks vs the true vessels; Jaccard, RMSE."""
+    from mbdl_app.experiments.fig7 import run_fig7
+
+    run_fig7(out / "fig7", quick=quick, lista=lista)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -173,9 +173,12 @@ class ULMLista(IstaFamily):
     x (N, h, w) coarse envelopes -> s (N, f h, f w). W1_k x = c1_k * U x with U the bilinear
     x f upsampling (one convolution with K output channels computes all K terms at once);
     W2_k s = c2_k * s; kernels `kernel` = (rows, cols) (default 5 x 7: the PSF is ~2.3x wider
-    laterally), theta_k > 0. Initialized as ISTA on the denoising model H = I (c1_k = mu delta,
-    c2_k = (1 - mu) delta, mu = 1/2, theta_k = mu rho): the PSF is learned, not given, which
-    is the point of the unfolded network. `H` is the PSF operator of `shape` (the nominal patch),
+    laterally), theta_k > 0. Initialized as ISTA on the denoising model H = I (c1_k = g mu delta,
+    c2_k = (1 - mu) delta, mu = 1/2, theta_k = g mu rho) with the gain g = 1 / (the PSF's area in
+    fine pixels, 2 pi sigma_y sigma_x f^2), so that a bubble's initial output has about its
+    mass instead of one per fine pixel of its blur (starting ~1,000x too bright, training first
+    silences every unit of the shrinkage: measured). The PSF is learned, not given, which is
+    the point of the unfolded network. `H` is the PSF operator of `shape` (the nominal patch),
     kept so that the network and FISTA share one model (IstaFamily); any h x w is accepted.
     """
 
@@ -187,16 +190,19 @@ class ULMLista(IstaFamily):
         if kh % 2 == 0 or kw % 2 == 0:
             raise ValueError(f"kernel sizes must be odd, got {tuple(kernel)}")
         self.factor, self.padding = int(factor), (kh // 2, kw // 2)
-        mu = 0.5
+        mu, gain = 0.5, 1.0 / (2 * math.pi * sigma_px[0] * sigma_px[1] * factor**2)
         delta = torch.zeros(n_layers, 1, kh, kw)
         delta[:, 0, kh // 2, kw // 2] = 1.0
-        self.c1 = nn.Parameter(mu * delta)  # (K, 1, kh, kw): W1_k's convolutions, one channel each
+        # c1 and theta are stored divided by the gain: Adam's steps are about lr in absolute size,
+        # so parameters of size ~1e-4 would be thrown around (every unit silenced in 20 steps: measured)
+        self.gain = gain
+        self.c1 = nn.Parameter(mu * delta)  # (K, 1, kh, kw): W1_k's convolutions / gain, one channel each
         self.c2 = nn.Parameter((1 - mu) * delta[:, None])  # (K, 1, 1, kh, kw)
-        self.theta = nn.Parameter(torch.full((n_layers,), mu * rho))
+        self.theta = nn.Parameter(torch.full((n_layers,), mu * rho))  # theta_k / gain
 
     def forward(self, x: Tensor, s0: Tensor | None = None, return_all: bool = False) -> Tensor | list[Tensor]:
         u = F.interpolate(x[:, None], scale_factor=self.factor, mode="bilinear", align_corners=False)
-        self._W1x = F.conv2d(u, self.c1, padding=self.padding)  # (N, K, fH, fW): W1_k x for every k
+        self._W1x = F.conv2d(u, self.gain * self.c1, padding=self.padding)  # (N, K, fH, fW): W1_k x, all k
         s = self._W1x.new_zeros((x.shape[0], *self._W1x.shape[2:])) if s0 is None else s0
         return super().forward(x, s0=s, return_all=return_all)
 
@@ -204,7 +210,7 @@ class ULMLista(IstaFamily):
         c2 = self.c2[k]
         return IstaLayer(W1=lambda x: self._W1x[:, k],
                          W2=lambda s: F.conv2d(s[:, None], c2, padding=self.padding)[:, 0],
-                         theta=self.theta[k], shrink=nonneg_soft_threshold)
+                         theta=self.gain * self.theta[k], shrink=nonneg_soft_threshold)
 
 
 def schur_bound(kernel: Tensor, factor: int = FACTOR) -> float:

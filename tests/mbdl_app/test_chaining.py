@@ -51,7 +51,8 @@ def test_config_rejects_an_input_that_is_not_an_earlier_engine():
 
 def test_only_imaging_engines_chain():
     cfg = SessionConfig(sources=[SourceConfig(name="lorenz", uri="sim:lorenz?seed=1"), CEUS],
-                        engines=[EngineConfig(name="ekf", source="lorenz"), {**ULM.model_dump(), "input": "ekf"}])
+                        engines=[EngineConfig(name="ekf", source="lorenz"),
+                                 {**ULM.model_dump(), "input": "ekf"}])
     with pytest.raises(SessionError, match="only imaging engines chain"):
         Session(cfg).start()
 
