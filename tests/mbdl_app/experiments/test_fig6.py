@@ -5,12 +5,21 @@ from __future__ import annotations
 import csv
 import json
 
+from engines.imaging.corona import CORONA
 from mbdl_app.experiments.fig6 import run_fig6
-from mbdl_app.training.recipes import get_recipe
+from mbdl_app.training.artifact import write_artifact
+
+
+def untrained_corona(directory):
+    """A clutter-suppression artifact of CORONA at its model-based initial values (no training)."""
+    card = {"name": "corona-untrained", "task": "clutter-suppression", "family": "unfolded",
+            "architecture": {"name": "corona", "kwargs": {"n_layers": 10}}, "input": {"window": 20},
+            "output": {}, "training": {}, "metrics": {}}
+    return write_artifact(directory, CORONA(), card)
 
 
 def test_quick_fig6_writes_curves_targets_and_png(tmp_path):
-    corona = get_recipe("corona-ceus").run(tmp_path / "models", quick=True, quiet=True)
+    corona = untrained_corona(tmp_path / "corona")
     report = run_fig6(tmp_path / "fig6", quick=True, corona=str(corona), resnet=str(tmp_path / "none"))
     r = report["results"]
     assert len(r["rpca_fista"]["mse_per_iteration"]) == 20
