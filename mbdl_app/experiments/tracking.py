@@ -336,8 +336,8 @@ def run_experiment(experiment: str, out: str | Path, quick: bool = False, log=pr
     for case in cases:
         record, first = run_case(case, log)
         records.append(record)
-        if plotted is None:
-            plotted = (case, first)
+        if plotted is None or ("KalmanNet" in first and "KalmanNet" not in plotted[1]):
+            plotted = (case, first)  # the first case, or the first with a trained KalmanNet
     rows = [r for rec in records for r in rec["results"]]
     with open(out / f"{experiment}.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
