@@ -94,8 +94,11 @@ def onnxruntime_engine(art, torch_engine: Callable[[], Any], device: str | None 
     path = _onnx_path(art)
     if device is None:
         device = "gpu" if ort_rt.available("gpu")[0] else "cpu"
-    session = ort_rt.open_session(path, device)
     info = ort_rt.info_from_card(art.card, _name(art), "onnxruntime")
+    level = "ORT_ENABLE_ALL"
+    if device == "cpu":
+        level = ort_rt.cpu_level(path, art.card["onnx"]["sha256"], example_shape(art.card, info))
+    session = ort_rt.open_session(path, device, level)
     if _is_tracker(art):
         return ort_rt.OrtTrackerEngine(info, session, *_tracker_parts(art, torch_engine))
     return ort_rt.OrtEngine(info, session)

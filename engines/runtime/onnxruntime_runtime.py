@@ -3,8 +3,9 @@
 Built from model.onnx and the card alone (no torch module on the hot path). Execution
 providers: TensorRT -> CUDA -> CPU, those of them this onnxruntime build offers
 (`device="gpu"`), or the CPU alone (`device="cpu"`). Session options are tuned for the
-latency of one call: all graph optimizations, sequential execution, one inter-op thread
-and INTRA_OP_THREADS intra-op threads without spinning. Measured at batch 1 on the
+latency of one call: on the CPU the graph optimization level measured faster for the
+graph (`cpu_level`; all optimizations on a GPU), sequential execution, one inter-op
+thread and INTRA_OP_THREADS intra-op threads without spinning. Measured at batch 1 on the
 2-core dev machine (p50, 200 interleaved calls): lista-cs 1.40 ms with one thread vs
 1.56 ms with two, alista-cs 0.45 vs 0.65 ms, unfolded-admm-cs 0.41 vs 0.71 ms; a live
 session also runs one worker thread per engine, so one intra-op thread each.
@@ -35,6 +36,7 @@ from engines.errors import ArtifactError, BackendUnavailable, EngineError, Engin
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 CPU_PROVIDER = "CPUExecutionProvider"
 INTRA_OP_THREADS = 1
+OPT_LEVELS = ("ORT_ENABLE_ALL", "ORT_ENABLE_EXTENDED")  # CPU candidates of cpu_level
 
 
 def _ort():
@@ -70,11 +72,11 @@ def providers(device: str) -> list[str]:
     return [*gpu, CPU_PROVIDER]
 
 
-def session_options(threads: int = INTRA_OP_THREADS):
+def session_options(threads: int = INTRA_OP_THREADS, level: str = "ORT_ENABLE_ALL"):
     """SessionOptions for the latency of one call (see the module docstring)."""
     ort = _ort()
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -83,17 +85,63 @@ def session_options(threads: int = INTRA_OP_THREADS):
     return so
 
 
-def open_session(path: Path, device: str = "cpu"):
-    """An InferenceSession of `path` on `device`; BackendUnavailable / ArtifactError naming the file."""
+def open_session(path: Path, device: str = "cpu", level: str = "ORT_ENABLE_ALL"):
+    """An InferenceSession of `path` on `device` at graph optimization `level`;
+    BackendUnavailable / ArtifactError naming the file."""
     ort = _ort()
     if device == "gpu":
         ok, why = available("gpu")
         if not ok:
             raise BackendUnavailable(f"{path}: {why}")
     try:
-        return ort.InferenceSession(str(path), session_options(), providers=providers(device))
+        return ort.InferenceSession(str(path), session_options(level=level), providers=providers(device))
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types for a broken file
         raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0]})") from None
+
+
+def cpu_level(path: Path, onnx_sha256: str, example: tuple[int, ...], calls: int = 5) -> str:
+    """The faster CPU graph optimization level for `path`, measured once and cached.
+
+    ORT_ENABLE_ALL adds layout transformations (NCHWc) that pay off for convolution
+    stacks and cost for graphs that are mostly matrix products and small element-wise
+    ops. Measured (batch 1, one thread, min of 8/4 calls): resnet-ceus 33.5 ms at ALL vs
+    49.5 ms at EXTENDED; corona-ceus 411 ms at ALL vs 359 ms at EXTENDED; the sparse and
+    tracking graphs within 10 %. So each graph gets the level that measures faster here
+    (min of `calls` interleaved batch-1 calls on random inputs, the first input at
+    `example`'s size), cached in `cache_dir("ort-level")`.
+    """
+    import json
+    import time
+
+    from engines.runtime.cache import cache_dir, cache_key
+
+    record = cache_dir("ort-level") / f"{cache_key(onnx_sha256[:16], _ort().__version__)}.json"
+    try:
+        return json.loads(record.read_text(encoding="utf-8"))["level"]
+    except (OSError, ValueError, KeyError):
+        pass
+    sessions = {level: open_session(path, "cpu", level) for level in OPT_LEVELS}
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for k, value in enumerate(sessions[OPT_LEVELS[0]].get_inputs()):
+        dims = [1] + [
+            d if isinstance(d, int) else (example[i] if k == 0 else 1) for i, d in enumerate(value.shape[1:])
+        ]
+        feeds[value.name] = (0.1 * rng.standard_normal(dims)).astype(np.float32)
+    times: dict[str, list[float]] = {level: [] for level in sessions}
+    for s in sessions.values():
+        s.run(None, feeds)  # warm-up
+    for _ in range(calls):
+        for level, s in sessions.items():
+            start = time.perf_counter()
+            s.run(None, feeds)
+            times[level].append(time.perf_counter() - start)
+    fastest = {level: min(t) * 1e3 for level, t in times.items()}
+    level = min(fastest, key=fastest.get)
+    record.write_text(
+        json.dumps({"level": level, "min_ms": fastest, "calls": calls}) + "\n", encoding="utf-8"
+    )
+    return level
 
 
 def _sizes(dims: list[int | str]) -> tuple[int, ...]:

@@ -155,3 +155,14 @@ def test_fp16_is_tensorrt_s_precision_and_reaches_the_builder_as_a_parameter(exp
     assert "precision" in accepted_params("tiny")  # a session config's params may set it
     if not trt_rt.available()[0]:  # auto without TensorRT runs float32 on the CPU
         assert engines.load("tiny", precision="fp16").info.backend in ("onnxruntime", "torch")
+
+
+def test_the_cpu_graph_optimization_level_is_measured_once_and_cached(exported, private_cache):
+    load_artifact(exported, "onnxruntime")
+    (record,) = (private_cache / "ort-level").glob("*.json")
+    measured = json.loads(record.read_text())
+    assert measured["level"] in ort_rt.OPT_LEVELS and set(measured["min_ms"]) == set(ort_rt.OPT_LEVELS)
+    assert measured["level"] == min(measured["min_ms"], key=measured["min_ms"].get)
+    record.write_text(json.dumps({**measured, "level": "ORT_ENABLE_BASIC"}))
+    sha = json.loads((exported / CARD).read_text())["onnx"]["sha256"]
+    assert ort_rt.cpu_level(exported / ONNX_FILE, sha, (20,)) == "ORT_ENABLE_BASIC"  # read, not re-measured
