@@ -102,7 +102,10 @@ def load_ulm(name_or_path: str) -> SuperResolution | None:
 
 class CoarsePeaks(torch.nn.Module):
     """Diffraction-limited localization: the envelope on the original grid, coarse pixel i put at
-    fine pixel 8 i + 4 (1/16 pixel from its centre), so that the same localizer finds its peaks."""
+    fine pixel 8 i + 4 (1/16 pixel from its centre), so that the same localizer finds its peaks
+    (over 3 x 3 coarse pixels: `radius` = 8 fine pixels)."""
+
+    radius = FACTOR
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e = envelope(x)
@@ -120,10 +123,9 @@ def intensities(method: Any, S: torch.Tensor) -> tuple[torch.Tensor, float]:
     return Localizer().intensity(s), seconds
 
 
-def localize(g: torch.Tensor, threshold: float) -> np.ndarray:
-    """Localization images of smoothed intensities g at an absolute threshold."""
-    loc = Localizer(threshold)
-    peak = F.max_pool2d(g[:, None], 2 * loc.radius + 1, stride=1, padding=loc.radius)[:, 0]
+def localize(g: torch.Tensor, threshold: float, radius: int) -> np.ndarray:
+    """Localization images of smoothed intensities g: local maxima over (2 radius + 1)^2 above threshold."""
+    peak = F.max_pool2d(g[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0]
     return ((g >= peak) & (g > threshold)).numpy()
 
 
@@ -178,12 +180,13 @@ def run_fig7(out: str | Path, quick: bool = False, lista: str = "ulm-lista", log
     vessels = test.sim.vessel_map(FACTOR)
     rows, curves, maps = [], {}, {}
     for name, method in methods.items():
+        radius = getattr(method, "radius", Localizer().radius)
         g_val, _ = intensities(method, val.S)
         scale = float(torch.quantile(g_val.flatten()[::7], 0.999)) or 1.0
-        curve = {f: score(localize(g_val, f * scale), val.positions).jaccard for f in FRACTIONS}
+        curve = {f: score(localize(g_val, f * scale, radius), val.positions).jaccard for f in FRACTIONS}
         best = max(curve, key=curve.get)
         g, seconds = intensities(method, test.S)
-        loc = localize(g, best * scale)
+        loc = localize(g, best * scale, radius)
         m = score(loc, test.positions)
         maps[name] = loc.sum(0).astype(np.float32)
         curves[name] = {str(f): round(j, 4) for f, j in curve.items()}
