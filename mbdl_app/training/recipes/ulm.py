@@ -13,7 +13,7 @@ After training, the localizer's threshold is chosen on the validation patches (t
 `FRACTIONS` of the 99.9th percentile of the smoothed output with the best Jaccard index at a
 0.5-pixel tolerance) and the card gets the test
 Jaccard index and RMSE. Budget: FULL = 8,192 training patches (32 simulations x 1 frame),
-1,500 steps of batch 8 (~1.5 epochs, ~15 min on one shared core): far below the paper's sets
+1,500 steps of batch 8 (~1.5 epochs; 10 min on one shared core, measured): far below the paper's sets
 and budgets. 8 x 8 patches keep the fine grid small; the network is convolutional and runs on any
 frame size.
 model.onnx is traced at the live 128 x 128 frame (fine grid 1024 x 1024; `quick`: 32 x 32);
