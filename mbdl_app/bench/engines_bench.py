@@ -18,6 +18,7 @@ thread, as in a live session (engines/runtime/threads.py). Inputs are N(0, 0.3^2
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -65,6 +66,7 @@ def _prepare(engine, batch: int) -> None:
 
 def _load(folder: Path, backend: str, rng: np.random.Generator) -> dict[str, Any]:
     """Load `folder` on `backend` and make its first call: the engine, first-call s, RSS before."""
+    gc.collect()  # the previous artifact's engines (reference cycles) must not fall into this delta
     rss = _rss_mib()
     start = time.perf_counter()
     engine = load_artifact(folder, backend)
@@ -145,10 +147,15 @@ def bench_artifact(
     return result
 
 
+def _rate(v: float) -> str:
+    return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
+
+
 def table(report: dict[str, Any]) -> str:
     """The report as an aligned text table (one row per artifact and backend)."""
+    width = max([len(a["artifact"]) for a in report["artifacts"]] + [8])
     head = (
-        f"{'artifact':<18} {'backend':<12} {'first s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'artifact':<{width}} {'backend':<12} {'first s':>8} {'p50 ms':>9} {'p99 ms':>9} "
         f"{'b8 /s':>9} {'b32 /s':>9} {'RSS MiB':>8} {'ORT/torch':>9}"
     )
     lines = [head, "-" * len(head)]
@@ -156,12 +163,12 @@ def table(report: dict[str, Any]) -> str:
         for b, r in a["backends"].items():
             ratio = a.get("ort_over_torch_p50") if b == "onnxruntime" else None
             lines.append(
-                f"{a['artifact']:<18} {b:<12} {r['first_call_s']:>8.3f} {r['p50_ms']:>8.3f} "
-                f"{r['p99_ms']:>8.3f} {r['throughput_b8_per_s']:>9.0f} {r['throughput_b32_per_s']:>9.0f} "
+                f"{a['artifact']:<{width}} {b:<12} {r['first_call_s']:>8.3f} {r['p50_ms']:>9.3f} "
+                f"{r['p99_ms']:>9.3f} {_rate(r['throughput_b8_per_s']):>9} {_rate(r['throughput_b32_per_s']):>9} "
                 f"{r['rss_growth_mib']:>8.1f} {'' if ratio is None else f'{ratio:.3f}':>9}"
             )
         for b, why in a["skipped"].items():
-            lines.append(f"{a['artifact']:<18} {b:<12} skipped: {why}")
+            lines.append(f"{a['artifact']:<{width}} {b:<12} skipped: {why}")
     return "\n".join(lines)
 
 
