@@ -162,9 +162,10 @@ def table(report: dict[str, Any]) -> str:
     for a in report["artifacts"]:
         for b, r in a["backends"].items():
             ratio = a.get("ort_over_torch_p50") if b == "onnxruntime" else None
+            b8, b32 = _rate(r["throughput_b8_per_s"]), _rate(r["throughput_b32_per_s"])
             lines.append(
                 f"{a['artifact']:<{width}} {b:<12} {r['first_call_s']:>8.3f} {r['p50_ms']:>9.3f} "
-                f"{r['p99_ms']:>9.3f} {_rate(r['throughput_b8_per_s']):>9} {_rate(r['throughput_b32_per_s']):>9} "
+                f"{r['p99_ms']:>9.3f} {b8:>9} {b32:>9} "
                 f"{r['rss_growth_mib']:>8.1f} {'' if ratio is None else f'{ratio:.3f}':>9}"
             )
         for b, why in a["skipped"].items():
