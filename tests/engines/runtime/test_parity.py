@@ -181,3 +181,16 @@ def test_tensorrt_matches_onnxruntime(folder):
     x = np.concatenate([stateless_inputs(ort_engine)["random"]] * 10)  # > the profile's 32: split
     assert rel_err(trt_engine(x), ort_engine(x)) <= 1e-3  # TF32 / kernel choice: not bit-level parity
     assert load_artifact(folder, "tensorrt").built is False  # the second load comes from the cache
+
+
+@pytest.mark.parametrize(
+    "folder", exported_models.artifact_dirs(), ids=[d.name for d in exported_models.artifact_dirs()]
+)
+def test_every_shipped_artifact_with_an_engine_ships_its_onnx_graph(folder):
+    from engines.artifacts import engine_tasks
+
+    card = read_artifact(folder).card
+    if card.get("task") in engine_tasks():
+        assert "onnx" in card and card["files"]["model.onnx"] == card["onnx"]["sha256"], (
+            f"run `mbdl export {folder.name}`"
+        )
