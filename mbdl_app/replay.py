@@ -27,7 +27,11 @@ def replay_config(path: str | Path, engines: list[EngineConfig] | None = None,
             engines = parse_config(recorded, f"{path} (recorded config)").engines
         except ConfigError:
             engines = []
-        engines = [e for e in engines if e.source in streams]
+        kept: list[EngineConfig] = []
+        for e in engines:  # a chained engine stays when the engine it reads stays
+            if e.source in streams or e.input in {k.label for k in kept}:
+                kept.append(e)
+        engines = kept
     return SessionConfig(sources=sources, engines=engines)
 
 

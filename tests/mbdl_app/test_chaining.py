@@ -8,6 +8,7 @@ from drivers.recording import RecordingReader
 from mbdl_app.cli import build_config
 from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig, parse_config
 from mbdl_app.errors import ConfigError, SessionError
+from mbdl_app.replay import replay_config
 from mbdl_app.session import Session
 from mbdl_app.session.maps import map_label
 
@@ -38,6 +39,9 @@ def test_a_chained_engine_reads_its_input_engines_frames_and_its_map_accumulates
     # the last map is the sum of every localization image (flushed at stop)
     assert np.array_equal(maps[-1], locs.sum(0))
     assert s.resolved_config().engines[1].input == "svd-filter"
+    # a replay of the recording runs the same chain
+    assert [(e.name, e.input) for e in replay_config(path).engines] == [("svd-filter", None),
+                                                                         ("ulm-fista", "svd-filter")]
 
 
 def test_config_rejects_an_input_that_is_not_an_earlier_engine():
