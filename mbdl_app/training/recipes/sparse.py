@@ -112,8 +112,10 @@ METHODS: dict[str, Method] = {
                                     "unfolded ADMM (seed Ex. 16): W1_k, W2_k, lambda_k, mu_k per layer",
                                     (80, 80, 40), {"rho": 0.4, "lam": 0.5, "mu": 1.0}, init="tuned"),
 }
-ADMM_RHO_GRID = (0.4, 0.2, 0.1, 0.05, 0.02)  # lasso weights (the anchors' 0.4 and smaller)
-ADMM_LAM_GRID = (0.1, 0.25, 0.5, 1.0)  # penalties lambda (2 lambda = the augmented Lagrangian's)
+# lasso weights (the anchors' 0.4 and smaller) and penalties lambda (2 lambda = the augmented
+# Lagrangian's), wide enough that the best point is inside the grid (measured)
+ADMM_RHO_GRID = (0.4, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
+ADMM_LAM_GRID = (0.003, 0.006, 0.0125, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 def tune_admm(H: torch.Tensor, val: SparseBatch, n_iter: int) -> dict[str, float]:
