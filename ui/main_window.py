@@ -106,6 +106,7 @@ class MainWindow(QMainWindow):
         wanted = {}
         for name, stream in session.streams.items():
             labels = [e for e, src in session.bindings.items() if src == name]
+            labels += [session.maps[e].label for e in labels if e in session.maps]  # live super-res maps
             wanted[name] = (stream.info.kind, labels, stream.info)
         for name, (kind, labels, info) in wanted.items():
             cls = ImageGridView if kind == "frames" else TrackView
@@ -124,7 +125,8 @@ class MainWindow(QMainWindow):
             dock, view = entry
             dock.show()
             if kind == "frames":
-                families = {e: session.engines[e].info.family for e in labels}
+                families = {e: session.engines[e].info.family if e in session.engines else "accumulated map"
+                            for e in labels}
                 view.rebuild(labels, "bubbles" in info.truth_shapes, families)
             else:
                 view.rebuild(labels)

@@ -120,7 +120,7 @@ class Session:
         self.engines: dict[str, object] = {}
         self.bindings: dict[str, str] = {}  # engine label -> source name (a chained engine: its input's)
         self._frame_shapes: dict[str, tuple] = {}  # engine label -> shape of the frames it reads
-        self._maps: dict[str, MapSink] = {}  # super-resolution engine label -> its live map
+        self.maps: dict[str, MapSink] = {}  # super-resolution engine label -> its live map
         self.recorder: Recorder | None = None
         self._last_recording: Recorder | None = None  # for the final status after stop
         self._rec_lock = threading.Lock()
@@ -239,9 +239,9 @@ class Session:
                     "params": ec.params, "n_params": info.n_params, "shape": list(shape),
                     **({"input": ec.input} if ec.input else {})}))
                 if info.task == MAP_TASK:
-                    self._maps[ec.label] = MapSink(ec.label, source, info.family, tuple(shape[-2:]), self.bus,
+                    self.maps[ec.label] = MapSink(ec.label, source, info.family, tuple(shape[-2:]), self.bus,
                                                    self._record_result)
-                    specs.append(ResultSpec(source, self._maps[ec.label].label, tuple(shape), None, info={
+                    specs.append(ResultSpec(source, self.maps[ec.label].label, tuple(shape), None, info={
                         "name": info.name, "task": f"{MAP_TASK}-map", "of": ec.label,
                         "meaning": "the sum of the engine's localization images so far"}))
             self._specs, self._artifacts = specs, artifacts
@@ -305,7 +305,7 @@ class Session:
             stream.consumers.append(lambda item, n=name: self._record_item(n, item))
         # each engine's results go to the recorder, then to its map and the engines chained to it
         sinks: dict[str, list] = {label: [self._record_result] for label in self.engines}
-        for label, sink in self._maps.items():
+        for label, sink in self.maps.items():
             sinks[label].append(sink)
         chained: dict[str, FrameRing] = {}  # a chained engine's ring, fed by its input's results
         for ec in self.config.engines:
@@ -376,7 +376,7 @@ class Session:
             r.close()
         for w in self._workers:
             w.join(10.0)
-        for sink in self._maps.values():
+        for sink in self.maps.values():
             sink.flush()
         self._close_sources()
         self.stop_recording()

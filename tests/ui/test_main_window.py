@@ -167,6 +167,22 @@ def test_screenshots_of_the_main_views(window, qtbot, tmp_path):
     assert np.median(grid.panels["svd-filter"].data) < np.median(grid.panels["input"].data)
 
 
+def test_a_chained_super_resolution_engine_shows_its_live_map_over_the_input(window, qtbot):
+    config = SessionConfig(
+        sources=[SourceConfig(name="ceus", uri="sim:ceus?seed=3&rate=50&size=16")],
+        engines=[EngineConfig(name="svd-filter", params={"k": 1, "window": 4}),
+                 EngineConfig(name="ulm-fista", input="svd-filter", params={"n_iter": 5, "threshold": 0.0})])
+    w = window(config)
+    qtbot.waitUntil(lambda: bool(w.views) and "ulm-fista.map" in imaging(w).panels, timeout=10000)
+    grid = imaging(w)
+    qtbot.waitUntil(lambda: grid.panels["ulm-fista.map"].data is not None, timeout=10000)
+    live_map = grid.panels["ulm-fista.map"]
+    assert live_map.data.shape == (128, 128)  # 8x the 16 x 16 frames
+    rect = live_map.img.mapRectToParent(live_map.img.boundingRect())
+    assert (rect.width(), rect.height()) == pytest.approx((16, 16))  # drawn over the input's area
+    assert live_map.label.text.startswith("ulm-fista.map")
+
+
 def test_closing_a_window_right_after_opening_leaves_no_callback_on_the_dead_window(window, qtbot):
     w = window()
     qtbot.waitUntil(lambda: bool(w.views), timeout=10000)

@@ -25,6 +25,12 @@ def bmode_db(chw: np.ndarray) -> np.ndarray:
     return (20.0 * np.log10(mag + 1e-6)).astype(np.float32, copy=False)
 
 
+def fine_grid_image(chw: np.ndarray) -> np.ndarray:
+    """A super-resolved image (1, H, W) of localization intensities or counts, shown on a square-root
+    scale: a vessel crossed by few bubbles stays visible beside one crossed by many."""
+    return np.sqrt(np.abs(chw[0])).astype(np.float32, copy=False)
+
+
 class ImagePanel:
     """One titled image in the grid."""
 
@@ -38,14 +44,20 @@ class ImagePanel:
         self.source_obj = None  # the item or result shown now (identity = "nothing new")
         self.data: np.ndarray | None = None
 
-    def show(self, data: np.ndarray, levels: tuple[float, float] | None) -> None:
+    def show(self, data: np.ndarray, levels: tuple[float, float] | None,
+             extent: tuple[int, int] | None = None) -> None:
+        """Draw `data` (H, W); `extent` (rows, cols) = the input's size when `data` is on a finer
+        grid (a super-resolved map): it is drawn over the same area, so linked panels align."""
+        rows, cols = extent or data.shape
         if self.data is None or self.data.shape != data.shape:  # first image: fit the view
-            self.vb.setRange(xRange=(0, data.shape[1]), yRange=(0, data.shape[0]), padding=0.02)
+            self.vb.setRange(xRange=(0, cols), yRange=(0, rows), padding=0.02)
         self.data = data
         if levels is None:  # per-panel levels: robust percentiles of this frame
             lo, hi = np.percentile(data, (1.0, 99.8))
             levels = (float(lo), float(max(hi, lo + 1e-3)))
         self.img.setImage(data, autoLevels=False, levels=levels)
+        if extent is not None:
+            self.img.setRect(0, 0, cols, rows)
 
 
 class ImageGridView(QWidget):
@@ -166,7 +178,12 @@ class ImageGridView(QWidget):
             if r is None or p is None or p.source_obj is r:
                 continue
             p.source_obj = r
-            p.show(bmode_db(r.data[-1]), self.hist.item.getLevels() if shared else None)
+            frame = r.data[-1]
+            if frame.shape[-2:] == item.data.shape[-2:]:
+                p.show(bmode_db(frame), self.hist.item.getLevels() if shared else None)
+            else:  # a finer grid (super-resolution): its own levels, drawn over the input's area
+                fine = fine_grid_image(frame)  # mostly zeros: percentiles would saturate it
+                p.show(fine, (0.0, max(float(fine.max()), 1e-6)), extent=item.data.shape[-2:])
             new = True
         return new
 
