@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import sys
+import threading
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -100,6 +103,24 @@ def build_config(config: Path | None, sources: list[str], engine_specs: list[str
         raise ConfigError(f"session: {e}") from None
 
 
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (systemd, `docker stop` on a headless Jetson) stops a run as Ctrl-C does: sessions
+    stop, recordings close, final tables print. Only the main thread can take signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_session(cfg: SessionConfig, duration: float | None, record: Path | None,
                 quiet: bool = False) -> int:
     """Run a session headless with a status line per second; print the final tables."""
@@ -114,9 +135,10 @@ def run_session(cfg: SessionConfig, duration: float | None, record: Path | None,
             print(status_line(st), file=sys.stderr, flush=True)
 
     try:
-        session.run(duration, on_tick=tick)
-    except KeyboardInterrupt:
-        print("mbdl: stopping (Ctrl-C)", file=sys.stderr)
+        with _sigterm_as_interrupt():
+            session.run(duration, on_tick=tick)
+    except KeyboardInterrupt as e:
+        print(f"mbdl: stopping ({str(e) or 'Ctrl-C'})", file=sys.stderr)
     finally:
         session.stop()
     st = session.status()

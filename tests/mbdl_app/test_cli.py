@@ -89,14 +89,36 @@ def test_info_on_a_foreign_file_is_one_line_naming_it(tmp_path):
 def test_mbdl_without_display_says_so_and_runs_the_default_session_headless():
     env = {k: v for k, v in os.environ.items()
            if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
-    p = subprocess.Popen(MBDL, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(MBDL, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=with_default_sigint)
     first = p.stderr.readline()
     status = p.stderr.readline()
     p.send_signal(signal.SIGINT)
-    out, _ = p.communicate(timeout=30)
+    out, err = p.communicate(timeout=30)
     assert "no display" in first and "headless" in first
     assert "ceus" in status and "svd-filter" in status and "ekf" in status
-    assert p.returncode == 0 and "svd-filter" in out and "ekf" in out
+    assert p.returncode == 0 and "svd-filter" in out and "ekf" in out and "stopping (Ctrl-C)" in err
+
+
+def with_default_sigint():
+    """Python ignores Ctrl-C in a process started with SIGINT ignored (a background job of a
+    script, as CI may run the tests): give the child the default disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_headless_run_cleanly_and_closes_its_recording(tmp_path):
+    out = tmp_path / "stopped.h5"
+    p = subprocess.Popen([*MBDL, "run", "--source", "sim:lorenz?seed=2&rate=200", "--engine", "ekf",
+                          "--record", str(out)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    while not p.stderr.readline().startswith("t=2s"):
+        pass
+    p.send_signal(signal.SIGTERM)
+    stdout, err = p.communicate(timeout=30)
+    assert p.returncode == 0 and "stopping (SIGTERM)" in err and "ekf" in stdout
+    with RecordingReader(out) as rec:  # closed by the clean stop, every estimate in it
+        n = rec.n_items("lorenz")
+        assert n >= 200 and len(rec.result_arrays("lorenz", "ekf")["data"]) == n
 
 
 @pytest.mark.slow
