@@ -181,10 +181,17 @@ def lorenz_step(x: np.ndarray, dt: float = 0.02, J: int = 5) -> np.ndarray:
     return lorenz_flow(x, dt, J, 1)
 
 
-def rotation_z(angle_deg: float) -> np.ndarray:
-    """R_z (3, 3): rotates (x1, x2) by angle_deg, keeps x3."""
+def rotation(angle_deg: float) -> np.ndarray:
+    """R = R_z R_y R_x (3, 3), each elementary rotation by angle_deg (roll = pitch = yaw).
+
+    The rotation mismatch of the KalmanNet reference (its observation H = R with 1 degree
+    about every axis); a rotation about x3 alone is a milder mismatch (measured: the EKF
+    at 1/r^2 = 30 dB gets -25.4 dB with x3 only, against the anchor's -18.6)."""
     c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    Rx = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    Ry = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+    Rz = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    return Rz @ Ry @ Rx
 
 
 def lorenz_observe(x: np.ndarray, obs: str = "identity", angle_deg: float = 0.0) -> np.ndarray:
@@ -192,7 +199,7 @@ def lorenz_observe(x: np.ndarray, obs: str = "identity", angle_deg: float = 0.0)
     if obs == "identity":
         return x.copy()
     if obs == "rotated":
-        return x @ rotation_z(angle_deg).T
+        return x @ rotation(angle_deg).T
     if obs == "spherical":
         x1, x2, x3 = x[..., 0], x[..., 1], x[..., 2]
         rho = np.hypot(x1, x2)

@@ -72,9 +72,13 @@ class StateSpaceModel:
         return y - y_hat
 
 
-def _rotation_z(angle_deg: float) -> torch.Tensor:
+def _rotation(angle_deg: float) -> torch.Tensor:
+    """R_z R_y R_x, each by angle_deg: the rotated observation of the Lorenz source (sim:lorenz)."""
     c, s = math.cos(math.radians(angle_deg)), math.sin(math.radians(angle_deg))
-    return torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    Rx = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]], dtype=torch.float64)
+    Ry = torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]], dtype=torch.float64)
+    Rz = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    return Rz @ Ry @ Rx
 
 
 class LorenzSSM(StateSpaceModel):
@@ -132,7 +136,7 @@ class LorenzSSM(StateSpaceModel):
         self._L1 = torch.kron(I4, self.E)
         self._I3 = torch.eye(3, dtype=f64)
         self._I_vec = self._I3.reshape(1, 9)
-        self.H_rot = _rotation_z(self.angle_deg)
+        self.H_rot = _rotation(self.angle_deg)
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         """A(x) (N, 3, 3) = A0 + x1 E."""
@@ -267,5 +271,5 @@ def random_walk(dt: float = 0.02, r2: float = 1.0, obs: str = "identity",
     if not dt > 0 or r2 < 0:
         raise ValueError(f"need dt > 0 and r2 >= 0, got dt={dt}, r2={r2}")
     eye = torch.eye(3, dtype=torch.float64)
-    C = _rotation_z(angle_deg) if obs == "rotated" else eye
+    C = _rotation(angle_deg) if obs == "rotated" else eye
     return LinearSSM(eye, C, RANDOM_WALK_Q2 * (dt / 0.02) ** 2 * eye, r2 * eye)

@@ -130,8 +130,8 @@ def test_observation_models_give_three_values_per_state(obs):
 def test_observation_models_values():
     x = np.array([[3.0, 4.0, 12.0], [0.0, -2.0, 0.0]])
     np.testing.assert_array_equal(lorenz_observe(x, "identity"), x)
-    rot = lorenz_observe(x, "rotated", 90.0)
-    np.testing.assert_allclose(rot, [[-4.0, 3.0, 12.0], [2.0, 0.0, 0.0]], atol=1e-12)
+    rot = lorenz_observe(x, "rotated", 90.0)  # R_z R_y R_x by 90 degrees each: x -> (x3, x2, -x1)
+    np.testing.assert_allclose(rot, [[12.0, 4.0, -3.0], [0.0, -2.0, 0.0]], atol=1e-12)
     sph = lorenz_observe(x, "spherical")
     np.testing.assert_allclose(sph[:, 0], [13.0, 2.0])
     np.testing.assert_allclose(sph[0, 1:], [math.atan2(12, 5), math.atan2(4, 3)])
