@@ -1,11 +1,13 @@
-"""The shipped, trained artifacts: one folder per model with card.json, weights and ONNX.
+"""The shipped, trained artifacts: one folder per model with card.json, weights and model.onnx.
 
 Every artifact is produced by a recipe (`mbdl train NAME`) and verified by sha256 at load;
-`engines.load(NAME)` loads any folder here. Shipped (sparse coding, the 250 x 500 noiseless
-benchmark; git carries them, so the folder stays under ~40 MB): lista-cs (~25 MB),
-lista-cpss-cs (~9 MB), alista-cs, learned-admm-cs, unfolded-admm-cs (~1-2 MB each). The
-Ex. 16 network (unfolded-admm-weights-cs, ~25 MB) and the SNR 40/20 dB models are trained by
-the same recipes into the user cache when `mbdl bench sparse` needs them, not shipped.
+`engines.load(NAME)` loads any folder here. Git carries them (74 MB in all, ONNX included):
+sparse coding on the 250 x 500 noiseless benchmark — lista-cs (~47 MB with its ONNX),
+lista-cpss-cs (~17 MB), alista-cs, learned-admm-cs, unfolded-admm-cs (~3 MB each); tracking —
+kalmannet-lorenz, kalmannet-lorenz-rot, mbrnn-lorenz (~0.2 MB each); ultrasound — corona-ceus,
+resnet-ceus, ulm-lista (< 1 MB each). The Ex. 16 network (unfolded-admm-weights-cs, ~25 MB), the
+SNR 40/20 dB sparse models and the other tracking baselines are trained by the same recipes
+into the user cache when a benchmark needs them, not shipped.
 """
 
 from pathlib import Path
