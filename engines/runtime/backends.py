@@ -131,7 +131,8 @@ def example_shape(card: dict[str, Any], info) -> tuple[int, ...]:
     return sizes if ok else info.in_shape
 
 
-def _call_once(engine, x: np.ndarray) -> float:
+def timed_call(engine, x: np.ndarray) -> float:
+    """Seconds of one call: `step(x)` of a tracker, `engine(x)` otherwise."""
     start = time.perf_counter()
     if hasattr(engine, "step"):
         engine.step(x)
@@ -154,14 +155,14 @@ def probe_cpu(
     for e in engines.values():
         if hasattr(e, "reset"):
             e.reset(1)
-        _call_once(e, x)  # warm-up: first-call allocations and lazy initialization
+        timed_call(e, x)  # warm-up: first-call allocations and lazy initialization
     times: dict[str, list[float]] = {k: [] for k in engines}
     start = time.perf_counter()
     for i in range(calls):
         if i >= 3 and time.perf_counter() - start > budget_s:
             break
         for k, e in engines.items():
-            times[k].append(_call_once(e, x))
+            times[k].append(timed_call(e, x))
     return {k: float(np.min(v) * 1e3) for k, v in times.items()}
 
 

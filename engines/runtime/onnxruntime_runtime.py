@@ -153,6 +153,17 @@ def fits(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
     return len(shape) == len(expected) and all(e in (-1, n) for n, e in zip(shape, expected, strict=True))
 
 
+def checked_input(info: EngineInfo, x: np.ndarray) -> np.ndarray:
+    """`x` as an array of batch elements shaped `info.in_shape`, finite; EngineInputError naming
+    the engine otherwise (the check every runtime engine makes before running its graph)."""
+    x = np.asarray(x)
+    if x.ndim < 1 or not fits(x.shape[1:], info.in_shape):
+        raise EngineInputError(f"{info.name}: expected input (N, {', '.join(map(str, info.in_shape))}), "
+                               f"got {x.shape}")
+    check_finite(info.name, x)
+    return x
+
+
 def info_from_card(card: dict[str, Any], name: str, backend: str) -> EngineInfo:
     """EngineInfo of an exported artifact: shapes from the card's `onnx` entry (a named,
     dynamic axis is -1: any size); the window is T of an imaging input (N, T, C, H, W), else 1."""
@@ -183,13 +194,7 @@ class OrtEngine:
         self._output = [session.get_outputs()[0].name]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        if x.ndim < 1 or not fits(x.shape[1:], self.info.in_shape):
-            raise EngineInputError(
-                f"{self.info.name}: expected input (N, {', '.join(map(str, self.info.in_shape))}), "
-                f"got {x.shape}"
-            )
-        check_finite(self.info.name, x)
+        x = checked_input(self.info, x)
         y = self.session.run(self._output, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
         if not np.isfinite(y).all():
             raise EngineError(f"{self.info.name}: the output became non-finite")

@@ -29,7 +29,7 @@ import numpy as np
 from engines.base import EngineInfo, Estimate, check_finite
 from engines.errors import ArtifactError, BackendUnavailable, EngineError, EngineInputError
 from engines.runtime.cache import cache_dir, cache_key, engine_key
-from engines.runtime.onnxruntime_runtime import fits
+from engines.runtime.onnxruntime_runtime import checked_input
 
 WORKSPACE_BYTES = 1 << 30
 BATCH_PROFILE = (1, 8, 32)  # min, opt, max batch of the optimization profile
@@ -228,13 +228,7 @@ class TrtEngine:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         torch = self.graph._torch
-        x = np.asarray(x)
-        if x.ndim < 1 or not fits(x.shape[1:], self.info.in_shape):
-            raise EngineInputError(
-                f"{self.info.name}: expected input (N, {', '.join(map(str, self.info.in_shape))}), "
-                f"got {x.shape}"
-            )
-        check_finite(self.info.name, x)
+        x = checked_input(self.info, x)
         parts = []
         for start in range(0, x.shape[0], BATCH_PROFILE[2]):
             chunk = torch.from_numpy(

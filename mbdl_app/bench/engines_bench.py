@@ -32,7 +32,7 @@ import psutil
 import exported_models
 from engines.artifacts import load_artifact
 from engines.errors import BackendUnavailable, UnknownEngineError
-from engines.runtime.backends import available_backends, example_shape
+from engines.runtime.backends import available_backends, example_shape, timed_call
 from engines.runtime.threads import set_intra_op_threads
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -43,15 +43,6 @@ INPUT_STD = 0.3
 
 def _rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
-
-
-def _call(engine, x: np.ndarray) -> float:
-    start = time.perf_counter()
-    if hasattr(engine, "step"):
-        engine.step(x)
-    else:
-        engine(x)
-    return time.perf_counter() - start
 
 
 def _input(engine, batch: int, rng: np.random.Generator) -> np.ndarray:
@@ -71,7 +62,7 @@ def _load(folder: Path, backend: str, rng: np.random.Generator) -> dict[str, Any
     start = time.perf_counter()
     engine = load_artifact(folder, backend)
     _prepare(engine, 1)
-    _call(engine, _input(engine, 1, rng))
+    timed_call(engine, _input(engine, 1, rng))
     return {"engine": engine, "first_call_s": time.perf_counter() - start, "rss_before": rss}
 
 
@@ -90,14 +81,14 @@ def _interleaved(
         _prepare(e, batch)
     x = _input(next(iter(engines.values())), batch, rng)
     for e in engines.values():
-        _call(e, x)  # warm-up at this batch size (shape-specialized kernels, buffers)
+        timed_call(e, x)  # warm-up at this batch size (shape-specialized kernels, buffers)
     times: dict[str, list[float]] = {k: [] for k in engines}
     start = time.perf_counter()
     for i in range(calls):
         if i >= min_calls and time.perf_counter() - start > budget_s:
             break
         for k, e in engines.items():
-            times[k].append(_call(e, x))
+            times[k].append(timed_call(e, x))
     return {k: np.asarray(v) for k, v in times.items()}
 
 
