@@ -46,18 +46,20 @@ reproduce_app = typer.Typer(help="Reproduce published tables: ours beside the pu
 app.add_typer(reproduce_app, name="reproduce")
 
 EXPECTED = (AppError, DriverError, EngineError)
-_ENGINE_SPEC = re.compile(r"^(?P<name>[\w.-]+)(?::(?P<backend>\w+))?(?:@(?P<source>[\w.-]+))?$")
+_ENGINE_SPEC = re.compile(r"^(?P<name>[\w.-]+)(?::(?P<backend>\w+))?(?:@(?P<source>[\w.-]+))?(?:/(?P<hop>\d+))?$")
 
 
 def parse_engine_spec(spec: str) -> EngineConfig:
-    """`NAME[:BACKEND][@SOURCE]`, e.g. `ekf`, `svd-filter@ceus`, `corona-ceus:onnxruntime`.
+    """`NAME[:BACKEND][@SOURCE][/HOP]`, e.g. `ekf`, `svd-filter@ceus`, `corona-ceus:onnxruntime`,
+    `corona-ceus/1` (a sliding window: one call per new frame; default: the window, blocks).
 
     `@` may also name an engine given before (`ulm-lista@corona-ceus`): `build_config` turns
     that into a chain (the engine reads the other's output frames)."""
     m = _ENGINE_SPEC.match(spec)
-    if not m:
-        raise ConfigError(f"--engine {spec!r}: expected NAME[:BACKEND][@SOURCE]")
-    return EngineConfig(name=m["name"], backend=m["backend"] or "auto", source=m["source"])
+    if not m or m["hop"] == "0" or (m["hop"] or "").startswith("0"):
+        raise ConfigError(f"--engine {spec!r}: expected NAME[:BACKEND][@SOURCE][/HOP] (HOP >= 1)")
+    return EngineConfig(name=m["name"], backend=m["backend"] or "auto", source=m["source"],
+                        hop=int(m["hop"]) if m["hop"] else None)
 
 
 def source_name(uri: str, taken: set[str]) -> str:
@@ -169,7 +171,7 @@ def run(
     source: Annotated[list[str] | None, typer.Option("--source", "-s",
                       help="Source URI (or NAME=URI); repeatable. Replaces the config's.")] = None,
     engine: Annotated[list[str] | None, typer.Option("--engine", "-e",
-                      help="NAME[:BACKEND][@SOURCE]; repeatable. Replaces the config's.")] = None,
+                      help="NAME[:BACKEND][@SOURCE][/HOP]; repeatable. Replaces the config's.")] = None,
     duration: Annotated[float | None, typer.Option("--duration", "-d",
                         help="Seconds to run (default: until the sources end or Ctrl-C).")] = None,
     record: Annotated[Path | None, typer.Option("--record", "-r", help="Record to this .h5 file.")] = None,

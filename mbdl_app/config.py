@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from mbdl_app.errors import ConfigError
 
@@ -39,7 +39,8 @@ class EngineConfig(_Strict):
     needs (frames for imaging engines, samples for trackers). `input` chains engines: the
     engine reads the output frames of the engine labelled `input` (defined earlier in the
     list; e.g. CORONA's bubbles feed ULM) instead of a source, and records its results on
-    that engine's source; it cannot also set `source`.
+    that engine's source; it cannot also set `source`. `hop` (imaging engines): new frames
+    per call, 1 .. the window; default the window (consecutive blocks, each frame once).
     """
 
     name: str
@@ -47,6 +48,7 @@ class EngineConfig(_Strict):
     input: str | None = None
     id: str | None = None
     backend: str = "auto"
+    hop: PositiveInt | None = None
     params: dict[str, Any] = Field(default_factory=dict)
 
     @property

@@ -35,7 +35,14 @@ from engines.imaging.rpca import (
     from_casorati,
     window_mixed_shrinkage,
 )
-from engines.ops.svt_exportable import gram_embedding, svt_from_gram, top_eigenvalue
+from engines.ops.svt_exportable import (
+    frames_apply_gain,
+    frames_gram_embedding,
+    gram_embedding,
+    svt_from_gram,
+    svt_gain,
+    top_eigenvalue,
+)
 
 SVT_SCALE = 0.4  # tau_L = sigmoid(a) 0.4 sigma_max (the anchors)
 INIT_SVT_FRACTION = 0.02  # sigmoid(a_0): about RPCA-FISTA's tuned tau_L / (0.4 sigma_max) on sim:ceus windows
@@ -67,6 +74,26 @@ def convolution_mix(kernels: Tensor):
         return z[:, :, :2], z[:, :, 2:]
 
     return mix
+
+
+def frames_relative_svt(x: Tensor, fraction: Tensor) -> Tensor:
+    """`relative_svt` on windows (N, T, 2, H, W) as stored: the transposed Casorati matrix is a
+    reshape (rows (t, I/Q)), so no transpose of the data (measured: the transposes of the
+    Casorati route cost as much as the SVT's products)."""
+    N, T = x.shape[0], x.shape[1]
+    Y = x.reshape(N, 2 * T, -1)
+    G = frames_gram_embedding(Y)
+    tau = fraction * SVT_SCALE * top_eigenvalue(G).clamp_min(0).sqrt()
+    gr, gi = svt_gain(G, tau)
+    return frames_apply_gain(Y, gr, gi).reshape(x.shape)
+
+
+def frames_relative_mixed_shrinkage(x: Tensor, fraction: Tensor) -> Tensor:
+    """`relative_mixed_shrinkage` without the permute to Casorati rows: each pixel's norm over
+    (T, I/Q) is a reduction of the window as stored, the shrinkage a broadcast factor."""
+    norm = x.square().sum(dim=(1, 2), keepdim=True).sqrt()  # (N, 1, 1, H, W)
+    tau = fraction * norm.mean(dim=(3, 4), keepdim=True)
+    return x * (torch.relu(norm - tau) / norm.clamp_min(torch.finfo(norm.dtype).tiny))
 
 
 def _logit(p: float) -> float:
@@ -113,6 +140,40 @@ class CORONA(RpcaFamily):
         self.b = nn.Parameter(torch.full((n_layers,), _logit(INIT_SHRINK_FRACTION)))
 
     def layer(self, k: int) -> RpcaLayer:
+        """Layer k as a generic RPCA step (the reference that `iterates` is tested against)."""
         a, b = torch.sigmoid(self.a[k]), torch.sigmoid(self.b[k])
         return RpcaLayer(convolution_mix(self.kernels[k]), prox_L=lambda x: relative_svt(x, a),
                          prox_S=lambda x: relative_mixed_shrinkage(x, b))
+
+    def iterates(self, D: Tensor, n_layers: int | None = None) -> list[tuple[Tensor, Tensor]]:
+        """The layers of `layer(k)` computed faster, same function (tested to float rounding):
+
+        - the data terms (P1 D, P2 D) of all layers come from ONE convolution per kernel
+          size (2 -> 4 K' channels) before the loop, and layer k convolves only [S, L]
+          (4 -> 4 channels): the same MACs in fewer, larger calls, and no concatenation of D;
+        - layer 1 skips the convolution of S_0 = L_0 = 0;
+        - SVT and shrinkage run on the windows as stored (frames_relative_*).
+        """
+        K = self.n_layers if n_layers is None else n_layers
+        N, T, C, H, W = D.shape
+        blocks = [[complex_block(w) for w in self.kernels[k]] for k in range(K)]
+        data_terms: dict[int, Tensor] = {}
+        for size in sorted(set(self.kernel_sizes[:K])):
+            ks = [k for k in range(K) if self.kernel_sizes[k] == size]
+            w = torch.cat([torch.cat([blocks[k][0], blocks[k][1]]) for k in ks])  # (4 K', 2, s, s)
+            z = F.conv2d(D.reshape(N * T, C, H, W), w, padding=size // 2)
+            for j, k in enumerate(ks):
+                data_terms[k] = z[:, 4 * j:4 * j + 4]
+        out = []
+        for k in range(K):
+            z = data_terms[k]
+            if out:
+                L, S = out[-1]
+                B = blocks[k]
+                w = torch.cat([torch.cat([B[2], B[4]], dim=1), torch.cat([B[3], B[5]], dim=1)])
+                x = torch.cat([S, L], dim=2).reshape(N * T, 2 * C, H, W)
+                z = z + F.conv2d(x, w, padding=self.kernel_sizes[k] // 2)
+            z = z.reshape(N, T, 2 * C, H, W)
+            out.append((frames_relative_svt(z[:, :, :C], torch.sigmoid(self.a[k])),
+                        frames_relative_mixed_shrinkage(z[:, :, C:], torch.sigmoid(self.b[k]))))
+        return out

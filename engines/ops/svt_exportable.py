@@ -100,6 +100,18 @@ def top_eigenvalue(A: Tensor, squarings: int = POWER_SQUARINGS) -> Tensor:
     return (v.transpose(-2, -1) @ A @ v)[..., 0, 0]
 
 
+def svt_gain(G: Tensor, tau: Tensor | float) -> tuple[Tensor, Tensor]:
+    """g(G) = I - tau M^{-1/2}, M = max(G, tau^2 I), of the Gram embedding G (N, 2T, 2T): its real
+    and imaginary parts (N, T, T), so that SVT_tau(Z) = Z g(G). `tau` (N,) or a float, >= 0."""
+    T = G.shape[-1] // 2
+    eye = torch.eye(2 * T, dtype=G.dtype, device=G.device)
+    tau = as_threshold(tau, G).reshape(-1, 1, 1)
+    shifted = G - tau.square() * eye
+    M = 0.5 * (G + tau.square() * eye + shifted @ matrix_sign(shifted))  # max(G, tau^2 I)
+    g = eye - tau * inverse_sqrt(M)
+    return g[..., :T, :T], g[..., T:, :T]  # g(G) = gr + i gi from its embedding
+
+
 def svt_from_gram(Zr: Tensor, Zi: Tensor, tau: Tensor | float,
                   G: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """SVT_tau(Zr + i Zi) = Z (I - tau M^{-1/2}), M = max(G, tau^2 I); returns (real, imag) (N, M, T).
@@ -107,13 +119,28 @@ def svt_from_gram(Zr: Tensor, Zi: Tensor, tau: Tensor | float,
     `tau` (N,) or a float, >= 0. `G` is the Gram embedding when already computed (the
     caller may have needed it for the threshold). See the module docstring.
     """
-    T = Zr.shape[-1]
     if G is None:
         G = gram_embedding(Zr, Zi)
-    eye = torch.eye(2 * T, dtype=G.dtype, device=G.device)
-    tau = as_threshold(tau, G).reshape(-1, 1, 1)
-    shifted = G - tau.square() * eye
-    M = 0.5 * (G + tau.square() * eye + shifted @ matrix_sign(shifted))  # max(G, tau^2 I)
-    g = eye - tau * inverse_sqrt(M)
-    gr, gi = g[..., :T, :T], g[..., T:, :T]  # g(G) = gr + i gi from its embedding
+    gr, gi = svt_gain(G, tau)
     return Zr @ gr - Zi @ gi, Zr @ gi + Zi @ gr
+
+
+def frames_gram_embedding(Y: Tensor) -> Tensor:
+    """The Gram embedding (N, 2T, 2T) of a window stored frame-major, Y (N, 2T, M) with rows
+    (frame t, I/Q c) at 2t + c: Y is the transposed Casorati matrix, so one product Y Y^T
+    holds every block (no transpose of the large data)."""
+    N, T2 = Y.shape[0], Y.shape[1]
+    P = (Y @ Y.transpose(-2, -1)).reshape(N, T2 // 2, 2, T2 // 2, 2)  # [t, c, s, d] = X_c[t] . X_d[s]
+    Gr = P[:, :, 0, :, 0] + P[:, :, 1, :, 1]  # Re(Z^H Z)[t, s]
+    Gi = P[:, :, 0, :, 1] - P[:, :, 1, :, 0]  # Im(Z^H Z)[t, s]
+    return torch.cat([torch.cat([Gr, -Gi], dim=-1), torch.cat([Gi, Gr], dim=-1)], dim=-2)
+
+
+def frames_apply_gain(Y: Tensor, gr: Tensor, gi: Tensor) -> Tensor:
+    """Z g for a frame-major window Y (N, 2T, M) (see frames_gram_embedding), as frame-major:
+    row (t, I) = sum_s gr[s, t] X_r[s] - gi[s, t] X_i[s], row (t, Q) = sum_s gi[s, t] X_r[s] +
+    gr[s, t] X_i[s]; one (2T x 2T) (2T x M) product."""
+    N, T = gr.shape[0], gr.shape[-1]
+    grT, giT = gr.transpose(-2, -1), gi.transpose(-2, -1)
+    A = torch.stack([torch.stack([grT, -giT], dim=-1), torch.stack([giT, grT], dim=-1)], dim=2)
+    return A.reshape(N, 2 * T, 2 * T) @ Y

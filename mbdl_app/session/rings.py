@@ -2,7 +2,8 @@
 
 FrameRing (imaging engines): a preallocated ring of the last T frames; the worker
 always takes the NEWEST full window ("latest wins"), so a slow engine skips frames
-and acquisition never waits. SampleQueue (trackers): a filter must see every
+and acquisition never waits. With hop h a window is taken every h frames (h = T:
+consecutive blocks, every frame processed once while the engine keeps up). SampleQueue (trackers): a filter must see every
 sample in order, so samples queue up to a bounded backlog; only beyond it are the
 oldest dropped (and counted).
 """
@@ -18,23 +19,33 @@ from drivers.base import Frame, Sample
 
 
 class FrameRing:
-    """The last `window` frames of one stream, preallocated, copied out oldest-first."""
+    """The last frames of one stream, preallocated; windows of `window` frames copied out
+    oldest-first, one every `hop` frames.
 
-    def __init__(self, window: int, shape: tuple[int, ...]) -> None:
-        self.window = window
-        self._buf = np.zeros((window, *shape), dtype=np.float32)
-        self._meta: list[Frame | None] = [None] * window
+    Windows end at push counts window, window + hop, window + 2 hop, ... (aligned to the
+    stream, not to when the worker asks): a frame's result never depends on timing, so a
+    replay reproduces it. The ring keeps window + hop - 1 frames, enough for the newest
+    aligned window whatever arrived after it.
+    """
+
+    def __init__(self, window: int, shape: tuple[int, ...], hop: int = 1) -> None:
+        if not 1 <= hop <= window:
+            raise ValueError(f"hop {hop} must be within 1..{window} (the window)")
+        self.window, self.hop = window, hop
+        self._size = window + hop - 1
+        self._buf = np.zeros((self._size, *shape), dtype=np.float32)
+        self._meta: list[Frame | None] = [None] * self._size
         self._count = 0  # frames pushed so far
         self._cond = threading.Condition()
         self._closed = False
 
     def new_window(self) -> np.ndarray:
         """A buffer of the window's shape for `take` to copy into (allocate once)."""
-        return np.zeros_like(self._buf)
+        return np.zeros((self.window, *self._buf.shape[1:]), dtype=np.float32)
 
     def push(self, frame: Frame) -> None:
         with self._cond:
-            slot = self._count % self.window
+            slot = self._count % self._size
             self._buf[slot] = frame.data
             self._meta[slot] = frame
             self._count += 1
@@ -45,25 +56,27 @@ class FrameRing:
             self._closed = True
             self._cond.notify_all()
 
-    def take(self, after: int, out: np.ndarray, timeout: float) -> tuple[int, Frame] | None:
-        """Wait for a full window newer than push-count `after`; copy it into `out`.
+    def _newest_end(self) -> int:
+        """The push count at which the newest complete aligned window ends (0: none yet)."""
+        if self._count < self.window:
+            return 0
+        return self.window + (self._count - self.window) // self.hop * self.hop
 
-        Returns (count, newest frame) or None on timeout/close. `count - after - 1`
-        frames arrived and were skipped since the previous take.
+    def take(self, after: int, out: np.ndarray, timeout: float) -> tuple[int, list[Frame]] | None:
+        """Wait for the newest aligned window ending after push count `after`; copy it into `out`.
+
+        Returns (its end count, its frames oldest-first) or None on timeout/close. Of the
+        `end - after` frames since the previous window, the newest `hop` are this window's
+        new ones; the rest were skipped (the worker fell behind).
         """
         with self._cond:
-            ready = self._cond.wait_for(
-                lambda: self._closed or (self._count > after and self._count >= self.window),
-                timeout,
-            )
+            ready = self._cond.wait_for(lambda: self._closed or self._newest_end() > after, timeout)
             if not ready or self._closed:
                 return None
-            count = self._count
-            start = count % self.window  # oldest frame of the window
-            n_tail = self.window - start
-            out[:n_tail] = self._buf[start:]
-            out[n_tail:] = self._buf[:start]
-            return count, self._meta[(count - 1) % self.window]
+            end = self._newest_end()
+            idx = [(end - self.window + i) % self._size for i in range(self.window)]
+            out[:] = self._buf[idx]
+            return end, [self._meta[i] for i in idx]
 
 
 class SampleQueue:

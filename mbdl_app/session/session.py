@@ -120,6 +120,7 @@ class Session:
         self.engines: dict[str, object] = {}
         self.bindings: dict[str, str] = {}  # engine label -> source name (a chained engine: its input's)
         self._frame_shapes: dict[str, tuple] = {}  # engine label -> shape of the frames it reads
+        self.hops: dict[str, int] = {}  # imaging engine label -> new frames per call
         self.maps: dict[str, MapSink] = {}  # super-resolution engine label -> its live map
         self.recorder: Recorder | None = None
         self._last_recording: Recorder | None = None  # for the final status after stop
@@ -199,6 +200,16 @@ class Session:
         self.bus.set_first_call(label, time.monotonic() - t0)
         return tuple(shape), (tuple(cov) if cov is not None else None)
 
+    @staticmethod
+    def _hop(ec: EngineConfig, window: int, frames_out: int) -> int:
+        """New frames per call: the config's `hop`, by default the window (consecutive blocks)."""
+        most = min(window, frames_out)
+        hop = ec.hop or most
+        if hop > most:
+            raise SessionError(f"engine {ec.label!r}: hop {hop} exceeds its window of {window} frames"
+                               + (f" ({frames_out} output frames per call)" if frames_out < window else ""))
+        return hop
+
     def start(self) -> None:
         """Open every source, build and warm every engine, start all threads.
 
@@ -229,6 +240,9 @@ class Session:
                     raise SessionError(f"engine {ec.label!r} failed its warm-up call on "
                                        f"{ec.input or source!r}: {type(e).__name__}: {e}") from e
                 self._frame_shapes[ec.label] = tuple(shape[1:])
+                if not is_tracker(engine):
+                    self.hops[ec.label] = self._hop(ec, info.window, shape[0])
+                    shape = (1, *shape[1:])  # one result per new frame (ImagingWorker)
                 self.engines[ec.label] = engine
                 sha = getattr(engine, "artifact_sha256", None)
                 if sha:
@@ -237,6 +251,7 @@ class Session:
                     "name": info.name, "family": info.family, "task": info.task,
                     "backend": info.backend, "window": info.window,
                     "params": ec.params, "n_params": info.n_params, "shape": list(shape),
+                    **({"hop": self.hops[ec.label]} if ec.label in self.hops else {}),
                     **({"input": ec.input} if ec.input else {})}))
                 if info.task == MAP_TASK:
                     self.maps[ec.label] = MapSink(ec.label, source, info.family, tuple(shape[-2:]), self.bus,
@@ -311,7 +326,7 @@ class Session:
         for ec in self.config.engines:
             if ec.input:
                 ring = chained[ec.label] = FrameRing(self.engines[ec.label].info.window,
-                                                     self._frame_shapes[ec.input])
+                                                     self._frame_shapes[ec.input], self.hops[ec.label])
                 sinks[ec.input].append(lambda r, push=ring.push: push(frame_of_result(r)))
         for label, engine in self.engines.items():
             source = self.bindings[label]
@@ -321,9 +336,9 @@ class Session:
                 w = TrackerWorker(label, source, engine, self.bus, self._stop,
                                   on_result, queue=q)
             else:
-                q = chained.get(label) or FrameRing(engine.info.window, self.streams[source].info.shape)
-                w = ImagingWorker(label, source, engine, self.bus, self._stop,
-                                  on_result, ring=q)
+                q = chained.get(label) or FrameRing(engine.info.window, self.streams[source].info.shape,
+                                                    self.hops[label])
+                w = ImagingWorker(label, source, engine, self.bus, self._stop, on_result, ring=q)
             if label not in chained:
                 self.streams[source].consumers.append(q.push)
             self._rings.append(q)

@@ -146,11 +146,20 @@ class EngineWorker(threading.Thread):
 
 
 class ImagingWorker(EngineWorker):
-    """Feeds the newest full window of its stream to a windowed imaging engine."""
+    """Feeds the newest full window of its stream to a windowed imaging engine.
+
+    Every `hop` new frames it runs the engine on the window of the last T frames and
+    publishes one result per new frame: the output frame aligned with it (the last `hop`
+    frames of the output), scored against that frame's truth. hop = T (the default of
+    the session) processes consecutive blocks, every frame once while the engine keeps
+    up; hop = 1 a sliding window (T - 1 frames recomputed per result). When the engine
+    falls behind, the frames it never saw are counted as skipped.
+    """
 
     def __init__(self, *args, ring: FrameRing, **kw) -> None:
         super().__init__(*args, **kw)
         self.ring = ring
+        self.hop = ring.hop
         self._window = ring.new_window()  # preallocated, reused every call
 
     def _loop(self) -> None:
@@ -159,17 +168,22 @@ class ImagingWorker(EngineWorker):
             got = self.ring.take(after, self._window, timeout=0.1)
             if got is None:
                 continue
-            count, newest = got
-            skipped = count - after - 1 if after else 0
-            after = count
+            end, frames = got
+            new = self.hop
+            skipped = end - after - new if after else 0
+            after = end
             t_start = time.monotonic()
             out = self.engine(self._window[None])[0]
             t_end = time.monotonic()
-            mse = None
-            if self.truth_key and self.truth_key in newest.truth:
-                mse = squared_error(out[-1], newest.truth[self.truth_key])
-            self._emit(Result(self.label, self.stream, newest.index, newest.t, out,
-                              newest.t_host, t_start, t_end, mse=mse, truth=newest.truth), skipped)
+            for j in range(new):
+                frame = frames[len(frames) - new + j]
+                s = out[len(out) - new + j][None]
+                mse = None
+                if self.truth_key and self.truth_key in frame.truth:
+                    mse = squared_error(s[0], frame.truth[self.truth_key])
+                self._emit(Result(self.label, self.stream, frame.index, frame.t, s,
+                                  frame.t_host, t_start, t_end, mse=mse, truth=frame.truth),
+                           skipped if j == 0 else 0)
 
 
 class TrackerWorker(EngineWorker):

@@ -2,6 +2,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from drivers.base import Frame, Sample
 from mbdl_app.session.rings import FrameRing, SampleQueue
@@ -19,10 +20,38 @@ def test_frame_ring_returns_the_newest_full_window_oldest_first():
     assert ring.take(0, out, timeout=0.01) is None  # not full yet
     for i in range(2, 7):
         ring.push(_frame(i))
-    count, newest = ring.take(0, out, timeout=0.01)
-    assert count == 7 and newest.index == 6
+    count, frames = ring.take(0, out, timeout=0.01)
+    assert count == 7 and [f.index for f in frames] == [4, 5, 6]
     assert out[:, 0, 0, 0].tolist() == [4, 5, 6]
     assert ring.take(count, out, timeout=0.01) is None  # nothing newer
+
+
+def test_frame_ring_with_a_hop_gives_windows_aligned_to_the_stream():
+    ring = FrameRing(window=3, shape=(1, 2, 2), hop=3)
+    out = ring.new_window()
+    for i in range(3):
+        ring.push(_frame(i))
+    end, frames = ring.take(0, out, timeout=0.01)  # the first full window
+    assert end == 3 and [f.index for f in frames] == [0, 1, 2]
+    for i in range(3, 5):
+        ring.push(_frame(i))
+    assert ring.take(end, out, timeout=0.01) is None  # 2 new < hop
+    ring.push(_frame(5))
+    end, frames = ring.take(end, out, timeout=0.01)
+    assert end == 6 and [f.index for f in frames] == [3, 4, 5]
+    assert out[:, 0, 0, 0].tolist() == [3, 4, 5]
+    for i in range(6, 14):  # a worker that fell behind gets the newest ALIGNED block
+        ring.push(_frame(i))
+    end, frames = ring.take(end, out, timeout=0.01)
+    assert end == 12 and out[:, 0, 0, 0].tolist() == [9, 10, 11]
+    ring.push(_frame(14))
+    end, frames = ring.take(end, out, timeout=0.01)
+    assert end == 15 and [f.index for f in frames] == [12, 13, 14]
+
+
+def test_frame_ring_rejects_a_hop_beyond_its_window():
+    with pytest.raises(ValueError, match="hop 4"):
+        FrameRing(window=3, shape=(1,), hop=4)
 
 
 def test_frame_ring_latest_wins_and_never_blocks_the_producer():
@@ -32,8 +61,8 @@ def test_frame_ring_latest_wins_and_never_blocks_the_producer():
         ring.push(_frame(i))
     assert time.perf_counter() - t0 < 1.0
     out = ring.new_window()
-    count, newest = ring.take(0, out, timeout=0.01)
-    assert newest.index == 999 and out[:, 0, 0, 0].tolist() == [996, 997, 998, 999]
+    count, frames = ring.take(0, out, timeout=0.01)
+    assert frames[-1].index == 999 and out[:, 0, 0, 0].tolist() == [996, 997, 998, 999]
 
 
 def test_frame_ring_close_wakes_a_waiting_worker():

@@ -106,3 +106,42 @@ def test_an_engine_without_a_source_reads_the_first_source_of_its_kind():
 def test_engine_info_is_declared_for_the_metrics_view():
     info = SVDFilter().info
     assert isinstance(info, EngineInfo) and info.family == "model-based"
+
+
+@pytest.mark.slow
+def test_a_windowed_engine_gives_one_result_per_frame_in_blocks_or_sliding(tmp_path):
+    WHOLE = {"k": 1, "window": 8, "output": "all"}  # every frame of the window out
+    path = tmp_path / "hop.h5"
+    cfg = SessionConfig(sources=[SourceConfig(name="ceus", uri="sim:ceus?seed=2&rate=100&size=32")],
+                        engines=[EngineConfig(name="svd-filter", id="block", params=WHOLE),
+                                 EngineConfig(name="svd-filter", id="sliding", hop=1, params=WHOLE)])
+    st = _run(cfg, 1.5, path)
+    n = st.sources["ceus"]["items"]
+    with RecordingReader(path) as rec:
+        block = rec.result_arrays("ceus", "block")
+        sliding = rec.result_arrays("ceus", "sliding")
+        assert rec.result_info("ceus", "block")["hop"] == 8
+        frames = rec.arrays("ceus")
+    # blocks: every frame of every complete block once, in order, one output frame each
+    assert block["data"].shape[1:] == (1, 2, 32, 32)
+    assert np.array_equal(block["index"], np.arange(n // 8 * 8)) and st.engines["block"]["skipped"] == 0
+    # sliding: one result per frame from the first full window on; a frame that arrived while
+    # the engine was busy is skipped (latest wins) and counted
+    idx = sliding["index"]
+    assert idx[0] == 7 and np.all(np.diff(idx) > 0) and idx[-1] <= n - 1
+    assert len(idx) + st.engines["sliding"]["skipped"] >= n - 7 - 2  # at most the last in flight
+    # the block result of frame i is the SVD filter of the block holding i, frame i of it
+    f = SVDFilter(**WHOLE)
+    d = frames["data"][8:16][None]
+    assert np.allclose(block["data"][8:16, 0], f(d)[0], atol=1e-5)
+    # and a sliding result of frame i is the last frame of the window i - 7 .. i
+    for j in (0, len(idx) // 2, len(idx) - 1):
+        i = idx[j]
+        assert np.allclose(sliding["data"][j, 0], f(frames["data"][i - 7:i + 1][None])[0, -1], atol=1e-5)
+
+
+def test_a_hop_beyond_the_window_is_a_session_error():
+    cfg = SessionConfig(sources=SMALL[:1], engines=[EngineConfig(name="svd-filter", hop=9,
+                                                                 params={"k": 1, "window": 8})])
+    with pytest.raises(SessionError, match="hop 9 exceeds its window of 8"):
+        Session(cfg).start()

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from drivers.sim.ceus import CeusParams, windows
 from engines.imaging.clutter import ARCHITECTURES, build_separator
 from mbdl_app.training.recipes import Plan, Recipe
+from mbdl_app.training.schedules import Constant, Cosine
 from mbdl_app.training.trainer import TrainConfig, Trainer
 
 TRAIN_SEED, VAL_SEED, TEST_SEED = 1, 2, 3  # CeusParams.seed of the three sets
@@ -57,11 +58,15 @@ class Method:
     batch: int
     lr: float
     pair: bool  # trained on (L, S) (CORONA) or S alone (the ResNet)
+    cosine: bool = False  # lr decays by a cosine to 2 % of lr (else constant)
+    grad_clip: float | None = None
+    eval_every: int | None = None  # default: 4 validations per run
 
 
 METHODS = {
     "corona": Method("corona", "CORONA (Solomon et al. 2019): 10 unfolded RPCA layers, learned convolutions "
-                     "and thresholds", {"n_layers": 10}, steps=500, batch=8, lr=5e-3, pair=True),
+                     "and thresholds", {"n_layers": 10}, steps=5000, batch=8, lr=2e-3, pair=True,
+                     cosine=True, grad_clip=1.0, eval_every=250),
     "resnet": Method("resnet", "black-box baseline of seed Fig. 6: ResNet of 10 complex convolutions",
                      {"window": WINDOW, "channels": 8}, steps=300, batch=40, lr=2e-3, pair=False),
 }
@@ -144,7 +149,11 @@ class CeusRecipe(Recipe):
         return Plan(model=model, loss_fn=F.mse_loss, train_data=pair(sets["train"]),
                     val_data=pair(sets["val"]),
                     config=TrainConfig(lr=m.lr, max_steps=steps, batch_size=min(m.batch, size.train),
-                                       eval_every=max(1, steps // 4), device="cpu"),
+                                       schedule=Cosine(final=0.02) if m.cosine else Constant(),
+                                       grad_clip=m.grad_clip,
+                                       eval_every=(m.eval_every if m.eval_every and not quick
+                                                   else max(1, steps // 4)),
+                                       device="cpu"),
                     evaluate=evaluate, card=card, metric_fn=mse_of_S)
 
 

@@ -88,3 +88,25 @@ def test_exports_to_onnx_and_runs_any_size_in_onnxruntime(tmp_path):
         expected = net(D).numpy()
     assert y.shape == expected.shape
     assert np.abs(y - expected).max() <= 1e-3 * np.abs(expected).max()
+
+
+def test_the_fast_layers_compute_the_generic_rpca_steps():
+    """`CORONA.iterates` (data terms of all layers in one convolution per kernel size, no
+    Casorati transposes) against the generic RpcaFamily loop over `layer(k)`, with random
+    (trained-like) kernels and thresholds so every term counts."""
+    torch.manual_seed(3)
+    net = CORONA(n_layers=5, large_layers=2)
+    with torch.no_grad():
+        for k in net.kernels:
+            k.add_(0.1 * torch.randn_like(k))
+        net.a.add_(torch.randn(5))
+        net.b.add_(torch.randn(5))
+    D = windows(N=3, H=9, W=11, seed=4)
+    with torch.no_grad():
+        fast, generic = net.iterates(D), RpcaFamily.iterates(net, D)
+    assert len(fast) == 5
+    for (L1, S1), (L2, S2) in zip(fast, generic):
+        assert torch.allclose(L1, L2, rtol=1e-4, atol=1e-5 * float(L2.abs().max()))
+        assert torch.allclose(S1, S2, rtol=1e-4, atol=1e-5 * float(S2.abs().max()))
+        assert float(S2.abs().max()) > 0  # the shrinkage keeps something: the check is not vacuous
+    assert len(net.iterates(D, n_layers=2)) == 2
