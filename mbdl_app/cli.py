@@ -46,7 +46,8 @@ reproduce_app = typer.Typer(help="Reproduce published tables: ours beside the pu
 app.add_typer(reproduce_app, name="reproduce")
 
 EXPECTED = (AppError, DriverError, EngineError)
-_ENGINE_SPEC = re.compile(r"^(?P<name>[\w.-]+)(?::(?P<backend>\w+))?(?:@(?P<source>[\w.-]+))?(?:/(?P<hop>\d+))?$")
+_ENGINE_SPEC = re.compile(
+    r"^(?P<name>[\w.-]+)(?::(?P<backend>\w+))?(?:@(?P<source>[\w.-]+))?(?:/(?P<hop>\d+))?$")
 
 
 def parse_engine_spec(spec: str) -> EngineConfig:

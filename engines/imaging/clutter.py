@@ -44,12 +44,13 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 
 class ClutterEngine:
-    """Engine around a separator module: (N, T, 2, H, W) float32 I/Q windows -> (N, 1, 2, H, W),
-    the newest frame's bubbles (or all T frames with output="all"). Runs the module in
-    float32 without gradients; threads are the caller's (torch's intra-op setting)."""
+    """Engine around a separator module: (N, T, 2, H, W) float32 I/Q windows -> (N, T, 2, H, W),
+    the bubbles of every frame of the window (output="all", the default: a session then
+    processes consecutive blocks), or (N, 1, 2, H, W), the newest frame's (output="last"). Runs
+    the module in float32 without gradients; threads are the caller's (torch's intra-op setting)."""
 
     def __init__(self, name: str, family: Family, module: nn.Module, window: int,
-                 output: str = "last") -> None:
+                 output: str = "all") -> None:
         if output not in ("last", "all"):
             raise ValueError(f"output must be 'last' or 'all', got {output!r}")
         self.module = module.eval().float()
@@ -72,7 +73,7 @@ class ClutterEngine:
 
 
 def build_rpca_fista(*, backend: str = "auto", n_iter: int = 50, lambda1: float | None = None,
-                     lambda2: float | None = None, window: int = 20, output: str = "last") -> ClutterEngine:
+                     lambda2: float | None = None, window: int = 20, output: str = "all") -> ClutterEngine:
     """engines.load("rpca-fista", n_iter=..., window=...): RPCA by FISTA, torch only."""
     if backend not in ("auto", "torch"):
         raise BackendUnavailable(f"rpca-fista: runs on torch only, not {backend!r}")

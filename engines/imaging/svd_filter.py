@@ -40,11 +40,11 @@ def clutter_projector(D: np.ndarray, k: int) -> np.ndarray:
 class SVDFilter:
     """Engine: drop the k largest singular components of each window.
 
-    Input (N, T, 2, H, W) float32 I/Q; output (N, 1, 2, H, W), the newest frame's
-    blood/bubble signal (or (N, T, 2, H, W) with `output="all"`).
+    Input (N, T, 2, H, W) float32 I/Q; output (N, T, 2, H, W), every frame's blood/bubble
+    signal (`output="all"`, the default), or (N, 1, 2, H, W), the newest frame's (`"last"`).
     """
 
-    def __init__(self, k: int = 2, window: int = 20, output: str = "last") -> None:
+    def __init__(self, k: int = 2, window: int = 20, output: str = "all") -> None:
         if not 0 <= k < window:
             raise ValueError(f"k must be in [0, window), got k={k}, window={window}")
         if output not in ("last", "all"):
@@ -73,7 +73,7 @@ class SVDFilter:
         return complex_to_iq(S)
 
 
-def build(*, backend: str = "auto", k: int = 2, window: int = 20, output: str = "last") -> SVDFilter:
+def build(*, backend: str = "auto", k: int = 2, window: int = 20, output: str = "all") -> SVDFilter:
     """engines.load("svd-filter", k=..., window=...): runs on numpy only."""
     if backend not in ("auto", "numpy"):
         raise BackendUnavailable(f"svd-filter: runs on numpy only, not {backend!r}")

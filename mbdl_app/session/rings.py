@@ -3,9 +3,9 @@
 FrameRing (imaging engines): a preallocated ring of the last T frames; the worker
 always takes the NEWEST full window ("latest wins"), so a slow engine skips frames
 and acquisition never waits. With hop h a window is taken every h frames (h = T:
-consecutive blocks, every frame processed once while the engine keeps up). SampleQueue (trackers): a filter must see every
-sample in order, so samples queue up to a bounded backlog; only beyond it are the
-oldest dropped (and counted).
+consecutive blocks, every frame processed once while the engine keeps up).
+SampleQueue (trackers): a filter must see every sample in order, so samples queue
+up to a bounded backlog; only beyond it are the oldest dropped (and counted).
 """
 
 from __future__ import annotations

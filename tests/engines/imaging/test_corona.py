@@ -105,7 +105,7 @@ def test_the_fast_layers_compute_the_generic_rpca_steps():
     with torch.no_grad():
         fast, generic = net.iterates(D), RpcaFamily.iterates(net, D)
     assert len(fast) == 5
-    for (L1, S1), (L2, S2) in zip(fast, generic):
+    for (L1, S1), (L2, S2) in zip(fast, generic, strict=True):
         assert torch.allclose(L1, L2, rtol=1e-4, atol=1e-5 * float(L2.abs().max()))
         assert torch.allclose(S1, S2, rtol=1e-4, atol=1e-5 * float(S2.abs().max()))
         assert float(S2.abs().max()) > 0  # the shrinkage keeps something: the check is not vacuous

@@ -96,11 +96,14 @@ def test_rpca_is_scale_equivariant(ceus):
         torch.testing.assert_close(model(7.0 * D), 7.0 * model(D))
 
 
-def test_engine_rpca_fista_returns_the_newest_frame():
+def test_engine_rpca_fista_returns_every_frame_or_the_newest():
     engine = engines.load("rpca-fista", n_iter=3)
     assert engine.info.family == "model-based" and engine.info.task == "clutter-suppression"
     x = np.random.default_rng(0).normal(size=(1, 20, 2, 16, 16)).astype(np.float32)
-    assert engine(x).shape == (1, 1, 2, 16, 16)
+    every = engine(x)
+    assert every.shape == (1, 20, 2, 16, 16)
+    newest = engines.load("rpca-fista", n_iter=3, output="last")(x)
+    assert newest.shape == (1, 1, 2, 16, 16) and np.array_equal(newest, every[:, -1:])
     with pytest.raises(EngineInputError, match="rpca-fista"):
         engine(x[:, :10])
 
