@@ -477,11 +477,14 @@ def reproduce_fig7(
     out: Annotated[Path, typer.Option(help="Folder for the CSV, JSON and PNG.")] = Path("reproduce_out"),
     quick: Annotated[bool, typer.Option(help="8 frames of 24 x 24, FISTA 10 iterations (smoke).")] = False,
     lista: Annotated[str, typer.Option(help="ULM LISTA artifact (name or folder).")] = "ulm-lista",
+    corona: Annotated[str, typer.Option(help="Clutter separator chained before ulm-lista (name or folder).")]
+    = "corona-ceus",
 ) -> None:
-    """Seed Fig. 7: ULM maps of the conv LISTA, FISTA and coarse peaks vs the true vessels; Jaccard, RMSE."""
+    """Seed Fig. 7: ULM maps of the conv LISTA, FISTA and coarse peaks vs the true vessels; Jaccard, RMSE;
+    and the chain CORONA -> ulm-lista on the data."""
     from mbdl_app.experiments.fig7 import run_fig7
 
-    run_fig7(out / "fig7", quick=quick, lista=lista)
+    run_fig7(out / "fig7", quick=quick, lista=lista, corona=corona)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,6 +22,9 @@ CPU time per frame: time.process_time of the solver on the whole set, torch on o
 
 Writes fig7.csv (one row per method), fig7.json (every figure, the validation curves, the
 setup) and fig7.png (true vessels, diffraction-limited accumulation, FISTA and LISTA maps).
+One more row runs the live chain on the data itself (tissue clutter included): CORONA
+(`corona-ceus`, blocks of 20 frames) -> ulm-lista, its threshold chosen on CORONA's output
+for the validation frames; its `separator_cpu_ms_per_frame` is CORONA's share.
 Full run: a 32 x 32 field (3.84 mm), 120 test and 20 validation frames, FISTA 100 iterations;
 `quick` (tests): 24 x 24, 4 + 4 frames, FISTA 10 iterations.
 """
@@ -57,6 +60,7 @@ from engines.imaging.ulm import (
 )
 
 TEST_SEED, VAL_SEED = 21, 22
+CORONA_WINDOW = 20
 TOLERANCE = 0.5  # coarse pixels
 FRACTIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # of the 99.9th percentile of G * s
 PIXEL_UM = 120.0
@@ -76,9 +80,11 @@ QUICK = Size(field=24, test_frames=4, val_frames=4, fista_iterations=10)
 
 @dataclass
 class Frames:
-    """I/Q bubble frames S (n, 1, 2, h, w), true positions per frame, and the simulator (vessels)."""
+    """I/Q bubble frames S (n, 1, 2, h, w), the data D (n, 2, h, w) they were separated from, true
+    positions per frame, and the simulator (vessels)."""
 
     S: torch.Tensor
+    D: torch.Tensor
     positions: list[np.ndarray]
     sim: CeusSimulator
 
@@ -87,17 +93,32 @@ def frames(seed: int, n: int, field: int) -> Frames:
     sim = CeusSimulator(CeusParams(height=field, width=field, seed=seed))
     f = sim.frames(n)
     S = torch.from_numpy(f["data"] - f["tissue"])[:, None]
-    return Frames(S, [true_positions(p, (field, field)) for p in f["positions"]], sim)
+    return Frames(S, torch.from_numpy(f["data"]), [true_positions(p, (field, field)) for p in f["positions"]],
+                  sim)
 
 
-def load_ulm(name_or_path: str) -> SuperResolution | None:
-    """The trained SuperResolution module (torch) by artifact name or folder; None if there is none."""
+def separated(separator: torch.nn.Module, D: torch.Tensor, window: int = 20) -> torch.Tensor:
+    """The bubbles (n, 1, 2, h, w) a clutter separator finds in frames D (n, 2, h, w), run as a live
+    session does: consecutive blocks of `window` frames (the last block ends at frame n)."""
+    n = len(D)
+    starts = list(range(0, n - window + 1, window))
+    if starts[-1] + window < n:
+        starts.append(n - window)
+    out = torch.empty(n, 1, *D.shape[1:])
+    with torch.no_grad():
+        for a in starts:
+            out[a:a + window, 0] = separator(D[a:a + window][None])[0]
+    return out
+
+
+def load_module(name_or_path: str) -> torch.nn.Module | None:
+    """The trained torch module of an artifact, by name or folder; None if there is none."""
     try:
         engine = (load_artifact(name_or_path, backend="torch") if Path(name_or_path).is_dir()
                   else engines.load(name_or_path, backend="torch"))
     except EngineError:
         return None
-    return engine.module
+    return getattr(engine, "module", None)
 
 
 class CoarsePeaks(torch.nn.Module):
@@ -163,7 +184,8 @@ def _plot(path: Path, panels: dict[str, np.ndarray], extent_mm: float) -> None:
     plt.close(fig)
 
 
-def run_fig7(out: str | Path, quick: bool = False, lista: str = "ulm-lista", log=print) -> dict[str, Any]:
+def run_fig7(out: str | Path, quick: bool = False, lista: str = "ulm-lista", log=print,
+             corona: str = "corona-ceus") -> dict[str, Any]:
     """Run the experiment into folder `out` (created); returns what fig7.json holds."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,18 +196,19 @@ def run_fig7(out: str | Path, quick: bool = False, lista: str = "ulm-lista", log
         "ulm-fista": SuperResolution(fista={"n_iter": size.fista_iterations}),
         "coarse": CoarsePeaks(),
     }
-    trained = load_ulm(lista)
+    trained = load_module(lista)
     if trained is not None:
         methods = {"ulm-lista": trained, **methods}
     vessels = test.sim.vessel_map(FACTOR)
     rows, curves, maps = [], {}, {}
-    for name, method in methods.items():
+
+    def evaluate(name: str, method: Any, val_S: torch.Tensor, test_S: torch.Tensor, **extra) -> None:
         radius = getattr(method, "radius", Localizer().radius)
-        g_val, _ = intensities(method, val.S)
+        g_val, _ = intensities(method, val_S)
         scale = float(torch.quantile(g_val.flatten()[::7], 0.999)) or 1.0
         curve = {f: score(localize(g_val, f * scale, radius), val.positions).jaccard for f in FRACTIONS}
         best = max(curve, key=curve.get)
-        g, seconds = intensities(method, test.S)
+        g, seconds = intensities(method, test_S)
         loc = localize(g, best * scale, radius)
         m = score(loc, test.positions)
         maps[name] = loc.sum(0).astype(np.float32)
@@ -196,10 +219,23 @@ def run_fig7(out: str | Path, quick: bool = False, lista: str = "ulm-lista", log
             "precision": round(m.tp / max(m.tp + m.fp, 1), 4), "recall": round(m.tp / max(m.tp + m.fn, 1), 4),
             "tp": m.tp, "fp": m.fp, "fn": m.fn,
             "map_in_vessel_fraction": round(in_vessel_fraction(maps[name], vessels), 4),
-            "cpu_ms_per_frame": round(1e3 * seconds, 2),
+            "cpu_ms_per_frame": round(1e3 * seconds, 2), **extra,
         })
         log(f"fig7 {name}: Jaccard {m.jaccard:.3f}, RMSE {m.rmse * PIXEL_UM:.1f} um, "
             f"{1e3 * seconds:.1f} ms/frame")
+
+    for name, method in methods.items():
+        evaluate(name, method, val.S, test.S)
+    separator = load_module(corona) if trained is not None else None
+    if separator is not None and min(len(val.D), len(test.D)) >= CORONA_WINDOW:
+        # the chained live pipeline: CORONA's bubbles (blocks of 20 frames of the data, tissue
+        # included) into the same ulm-lista, its threshold chosen on CORONA's validation output
+        start = time.process_time()
+        test_S = separated(separator, test.D)
+        seconds = (time.process_time() - start) / len(test.D)
+        evaluate(f"{corona} -> ulm-lista", trained, separated(separator, val.D), test_S,
+                 input=f"{corona}'s bubbles from the data",
+                 separator_cpu_ms_per_frame=round(1e3 * seconds, 2))
     with torch.no_grad():
         e = envelope(test.S).sum(0)[None, None]
     diffraction = F.interpolate(e, scale_factor=FACTOR, mode="bilinear", align_corners=False)[0, 0].numpy()
@@ -219,7 +255,9 @@ def run_fig7(out: str | Path, quick: bool = False, lista: str = "ulm-lista", log
                   "val_seed": VAL_SEED, "test_frames": size.test_frames, "val_frames": size.val_frames,
                   "true_bubbles_in_test": int(len(truth_points)), "fista_iterations": size.fista_iterations,
                   "tolerance_px": TOLERANCE, "threshold_fractions": list(FRACTIONS),
-                  "input": "data - tissue (bubbles + PSF-filtered noise) of each frame",
+                  "input": "data - tissue (bubbles + PSF-filtered noise) of each frame; the "
+                           f"'{corona} -> ulm-lista' row: {corona}'s bubbles from the data (blocks of "
+                           f"{CORONA_WINDOW} frames)",
                   "lista_artifact": lista if trained is not None else None,
                   "fine_grid": "fine pixel j at coarse coordinate (j + 0.5) / 8 - 0.5"},
         "machine": {"python": platform.python_version(), "torch": torch.__version__,

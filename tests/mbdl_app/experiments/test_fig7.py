@@ -32,3 +32,20 @@ def test_in_vessel_fraction_counts_intensity_near_the_lumens():
     image[21, 5] = 3.0  # one fine pixel off the lumen: within the tolerance
     image[35, 5] = 1.0  # far off
     assert in_vessel_fraction(image, vessels) == 0.75
+
+
+def test_a_separator_runs_on_consecutive_blocks_as_a_live_session_does():
+    import torch
+
+    from mbdl_app.experiments.fig7 import separated
+
+    calls = []
+
+    def separator(x):  # (1, T, 2, h, w) -> its frames (an identity separator), recording each block
+        calls.append(x.shape[1])
+        return x * 2.0
+
+    D = torch.randn(45, 2, 3, 4)
+    S = separated(separator, D, window=20)
+    assert S.shape == (45, 1, 2, 3, 4) and torch.equal(S[:, 0], 2.0 * D)
+    assert calls == [20, 20, 20]  # blocks 0-19, 20-39, and 25-44 for the last 5 frames
