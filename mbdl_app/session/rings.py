@@ -25,14 +25,16 @@ class FrameRing:
     Windows end at push counts window, window + hop, window + 2 hop, ... (aligned to the
     stream, not to when the worker asks): a frame's result never depends on timing, so a
     replay reproduces it. The ring keeps window + hop - 1 frames, enough for the newest
-    aligned window whatever arrived after it.
+    aligned window whatever arrived after it, plus `backlog`: a worker fed in bursts (a
+    chained engine reading a block engine's output) takes the windows in order while
+    they are at most `backlog` frames behind, and only then jumps to the newest.
     """
 
-    def __init__(self, window: int, shape: tuple[int, ...], hop: int = 1) -> None:
+    def __init__(self, window: int, shape: tuple[int, ...], hop: int = 1, backlog: int = 0) -> None:
         if not 1 <= hop <= window:
             raise ValueError(f"hop {hop} must be within 1..{window} (the window)")
-        self.window, self.hop = window, hop
-        self._size = window + hop - 1
+        self.window, self.hop, self.backlog = window, hop, max(int(backlog), 0)
+        self._size = window + hop - 1 + self.backlog
         self._buf = np.zeros((self._size, *shape), dtype=np.float32)
         self._meta: list[Frame | None] = [None] * self._size
         self._count = 0  # frames pushed so far
@@ -63,7 +65,8 @@ class FrameRing:
         return self.window + (self._count - self.window) // self.hop * self.hop
 
     def take(self, after: int, out: np.ndarray, timeout: float) -> tuple[int, list[Frame]] | None:
-        """Wait for the newest aligned window ending after push count `after`; copy it into `out`.
+        """Wait for an aligned window ending after push count `after`: the next one (ending at
+        after + hop) while it is within the backlog, else the newest; copy it into `out`.
 
         Returns (its end count, its frames oldest-first) or None on timeout/close. Of the
         `end - after` frames since the previous window, the newest `hop` are this window's
@@ -74,6 +77,8 @@ class FrameRing:
             if not ready or self._closed:
                 return None
             end = self._newest_end()
+            if after and self._count - (after + self.hop) <= self.hop - 1 + self.backlog:
+                end = after + self.hop  # still in the ring: in order
             idx = [(end - self.window + i) % self._size for i in range(self.window)]
             out[:] = self._buf[idx]
             return end, [self._meta[i] for i in idx]

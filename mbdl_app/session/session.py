@@ -325,8 +325,10 @@ class Session:
         chained: dict[str, FrameRing] = {}  # a chained engine's ring, fed by its input's results
         for ec in self.config.engines:
             if ec.input:
+                # the input publishes its frames in bursts of its hop: keep two bursts in order
                 ring = chained[ec.label] = FrameRing(self.engines[ec.label].info.window,
-                                                     self._frame_shapes[ec.input], self.hops[ec.label])
+                                                     self._frame_shapes[ec.input], self.hops[ec.label],
+                                                     backlog=2 * self.hops.get(ec.input, 1))
                 sinks[ec.input].append(lambda r, push=ring.push: push(frame_of_result(r)))
         for label, engine in self.engines.items():
             source = self.bindings[label]

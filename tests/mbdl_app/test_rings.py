@@ -84,3 +84,21 @@ def test_sample_queue_keeps_order_and_counts_overflow_drops():
     assert [s.index for s in got] == [3, 4, 5, 6, 7]
     assert q.dropped == 3
     assert q.drain(timeout=0.01) == []
+
+
+def test_frame_ring_with_a_backlog_takes_a_burst_in_order_then_jumps_when_too_far_behind():
+    ring = FrameRing(window=1, shape=(1, 2, 2), hop=1, backlog=4)
+    out = ring.new_window()
+    ring.push(_frame(0))
+    end, _ = ring.take(0, out, timeout=0.01)
+    for i in range(1, 5):  # a burst of 4: all taken, in order
+        ring.push(_frame(i))
+    got = []
+    while (r := ring.take(end, out, timeout=0.01)) is not None:
+        end, frames = r
+        got.append(frames[-1].index)
+    assert got == [1, 2, 3, 4]
+    for i in range(5, 15):  # 10 behind > backlog 4: jump to the newest
+        ring.push(_frame(i))
+    end, frames = ring.take(end, out, timeout=0.01)
+    assert frames[-1].index == 14 and out[0, 0, 0, 0] == 14
