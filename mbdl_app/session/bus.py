@@ -141,6 +141,30 @@ class ResultBus:
         with self._lock:
             return list(self._history.get(engine, ()))
 
+    def keep(self, engine: str, results: int) -> None:
+        """Keep the last `results` results of `engine` (e.g. two blocks of a block engine)."""
+        with self._lock:
+            self._history[engine] = deque(self._history[engine], maxlen=max(int(results), 1))
+
+    def paced(self, engine: str, now: float | None = None) -> Result | None:
+        """The result to show at `now` for smooth playback of an engine publishing in bursts
+        (a block engine: `hop` frames at once): the newest result whose input was acquired at
+        least `delay` before now, delay = the 95th percentile of the end-to-end latencies in
+        the history. Shown this way a block's frames play at the source's rate, `delay`
+        behind it, instead of jumping once per block; None before the first result."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            h = self._history.get(engine)
+            if not h:
+                return None
+            lat = sorted(r.t_end - r.t_acquired for r in h)
+            delay = lat[min(len(lat) - 1, int(0.95 * len(lat)))]
+            shown = h[0]
+            for r in h:  # oldest first; a few dozen at most
+                if r.t_acquired + delay <= now:
+                    shown = r
+            return shown
+
     def stats(self, engine: str) -> dict:
         with self._lock:
             return self._stats[engine].snapshot(time.monotonic())

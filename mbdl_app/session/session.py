@@ -242,6 +242,8 @@ class Session:
                 self._frame_shapes[ec.label] = tuple(shape[1:])
                 if not is_tracker(engine):
                     self.hops[ec.label] = self._hop(ec, info.window, shape[0])
+                    # two bursts and some: a view can play a block's frames at the source's rate
+                    self.bus.keep(ec.label, max(history, 2 * self.hops[ec.label] + 4))
                     shape = (1, *shape[1:])  # one result per new frame (ImagingWorker)
                 self.engines[ec.label] = engine
                 sha = getattr(engine, "artifact_sha256", None)

@@ -173,7 +173,8 @@ class ImageGridView(QWidget):
             new = True
             self.updates += 1
         for label in self._engines:
-            r = session.bus.latest(label)
+            # a block engine publishes hop frames at once: play them paced (bus.paced)
+            r = session.bus.paced(label) if session.hops.get(label, 1) > 1 else session.bus.latest(label)
             p = self.panels.get(label)
             if r is None or p is None or p.source_obj is r:
                 continue
