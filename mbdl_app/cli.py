@@ -376,6 +376,18 @@ def bench_session(
     raise typer.Exit(run_all(out, duration, soak))
 
 
+@bench_app.command("ceus")
+def bench_ceus(
+    out: Annotated[Path, typer.Option(help="Folder for ceus_live.json.")] = Path("bench_out"),
+    duration: Annotated[float, typer.Option(help="Seconds of the block run (the sliding run: half).")] = 60.0,
+    size: Annotated[int, typer.Option(help="Frame height and width.")] = 128,
+) -> None:
+    """Live CORONA beside RPCA-FISTA on sim:ceus: results/s, windows/s, p50/p99 (issue 4's target)."""
+    from mbdl_app.bench.ceus_bench import run_ceus_bench
+
+    raise typer.Exit(run_ceus_bench(out, duration, size))
+
+
 @bench_app.command("sparse")
 def bench_sparse(
     out: Annotated[Path, typer.Option(help="Folder for the CSV, JSON and PNG.")] = Path("bench_out/sparse"),
