@@ -225,8 +225,12 @@ class Trainer:
         self.model = model.to(self.device)
 
     def close(self) -> None:
-        """Leave the process group if this trainer joined it."""
+        """Leave the process group if this trainer joined it, after every rank got here: a rank
+        tearing gloo down while another still talks to it can abort the process at exit
+        ("terminate called without an active exception", seen once under load in CI)."""
         if self._owns_group and torch.distributed.is_initialized():
+            if torch.distributed.get_world_size() > 1:
+                torch.distributed.barrier()
             torch.distributed.destroy_process_group()
         self._owns_group = False
 
