@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,22 @@ class Artifact:
     def sha256(self) -> str:
         """The weights file's sha256: what a recording stores to identify the model."""
         return self.card["files"][WEIGHTS]
+
+    def build_module(self, build: Callable[[], torch.nn.Module], what: str) -> torch.nn.Module:
+        """`build()` (the card's architecture) with these weights loaded strictly; an ArtifactError
+        naming card.json when it cannot be built, the weights file when they do not fit `what`."""
+        spec = self.card.get("architecture") or {}
+        try:
+            module = build()
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArtifactError(f"{self.path / 'card.json'}: architecture {spec} "
+                                f"cannot be built: {e}") from None
+        try:
+            module.load_state_dict(self.weights)
+        except RuntimeError as e:
+            raise ArtifactError(f"{self.path / WEIGHTS}: does not fit {what}: "
+                                f"{str(e).splitlines()[0]}") from None
+        return module
 
 
 def read_artifact(directory: str | Path) -> Artifact:

@@ -104,15 +104,8 @@ def engine_from_artifact(art, *, backend: str = "auto") -> ClutterEngine:
     window = (art.card.get("input") or {}).get("window")
     if not isinstance(window, int):
         raise ArtifactError(f"{where}: input.window (frames per window) missing")
-    try:
-        module = build_separator(spec.get("name"), **spec.get("kwargs", {}))
-    except (TypeError, ValueError) as e:
-        raise ArtifactError(f"{where}: architecture {spec} cannot be built: {e}") from None
-    try:
-        module.load_state_dict(art.weights)
-    except RuntimeError as e:
-        raise ArtifactError(f"{art.path / 'weights.safetensors'}: does not fit {spec.get('name')}: "
-                            f"{str(e).splitlines()[0]}") from None
+    module = art.build_module(lambda: build_separator(spec.get("name"), **spec.get("kwargs", {})),
+                              spec.get("name"))
     engine = ClutterEngine(art.card.get("name", art.path.name), ARCHITECTURES[spec["name"]].family, module,
                            window)
     engine.card = art.card

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engines.base import EngineInfo, Family, check_finite
-from engines.errors import ArtifactError, BackendUnavailable, EngineInputError
+from engines.errors import BackendUnavailable, EngineInputError
 from engines.imaging.ista import FISTA, IstaFamily, IstaLayer
 from engines.ops.operators import BlurDownsample
 
@@ -414,15 +414,7 @@ def engine_from_artifact(art, *, backend: str = "auto") -> ULMEngine:
     if backend not in ("auto", "torch"):
         raise BackendUnavailable(f"{art.card.get('name')}: this loader runs torch only, not {backend!r}")
     spec = art.card.get("architecture") or {}
-    try:
-        module = build_network(spec.get("kwargs", {}))
-    except (TypeError, ValueError) as e:
-        raise ArtifactError(f"{art.path / 'card.json'}: architecture {spec} cannot be built: {e}") from None
-    try:
-        module.load_state_dict(art.weights)
-    except RuntimeError as e:
-        raise ArtifactError(f"{art.path / 'weights.safetensors'}: does not fit ULMLista: "
-                            f"{str(e).splitlines()[0]}") from None
+    module = art.build_module(lambda: build_network(spec.get("kwargs", {})), "ULMLista")
     engine = ULMEngine(art.card.get("name", art.path.name), "unfolded", module)
     engine.card = art.card
     return engine

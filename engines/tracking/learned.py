@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from engines.base import EngineInfo, Estimate, Family, check_finite
-from engines.errors import ArtifactError, BackendUnavailable, EngineError, EngineInputError
+from engines.errors import BackendUnavailable, EngineError, EngineInputError
 from engines.tracking.ssm import LorenzSSM
 
 
@@ -134,20 +134,12 @@ def engine_from_artifact(art, *, backend: str = "auto") -> LearnedTracker:
     Rebuilds the card's architecture on its model and loads the state dict strictly (a
     missing or extra tensor is an ArtifactError). Torch only here.
     """
-    where = art.path / "card.json"
     if backend not in ("auto", "torch"):
         raise BackendUnavailable(f"{art.card.get('name')}: runs on torch here, not {backend!r}")
     spec = art.card.get("architecture") or {}
-    try:
-        module = build_tracker_module(spec.get("name"), art.card["model"], art.card["x0"],
-                                      **spec.get("kwargs", {}))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ArtifactError(f"{where}: architecture {spec} cannot be built: {e}") from None
-    try:
-        module.load_state_dict(art.weights)
-    except RuntimeError as e:
-        raise ArtifactError(f"{art.path / 'weights.safetensors'}: does not fit {spec.get('name')}: "
-                            f"{str(e).splitlines()[0]}") from None
+    name, kwargs = spec.get("name"), spec.get("kwargs", {})
+    card = art.card
+    module = art.build_module(lambda: build_tracker_module(name, card["model"], card["x0"], **kwargs), name)
     engine = LearnedTracker(art.card.get("name", art.path.name), ARCHITECTURES[spec["name"]].family, module)
     engine.card = art.card
     return engine
