@@ -29,8 +29,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 from drivers.errors import DriverError
 from engines.errors import EngineError
@@ -75,6 +75,9 @@ def source_name(uri: str, taken: set[str]) -> str:
     while name in taken:
         name, k = f"{base}{k}", k + 1
     return name
+
+
+CONFIG_HELP = "Session TOML file, or the name of a shipped config (mbdl_app/sessions/: microscopy, ...)."
 
 
 def build_config(config: Path | None, sources: list[str], engine_specs: list[str]) -> SessionConfig:
@@ -168,7 +171,7 @@ def root(
 
 @app.command()
 def run(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Session TOML file.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help=CONFIG_HELP)] = None,
     source: Annotated[list[str] | None, typer.Option("--source", "-s",
                       help="Source URI (or NAME=URI); repeatable. Replaces the config's.")] = None,
     engine: Annotated[list[str] | None, typer.Option("--engine", "-e",
@@ -341,7 +344,7 @@ def _gui_entry(name: str):
 
 @app.command()
 def gui(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Session TOML file.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help=CONFIG_HELP)] = None,
 ) -> None:
     """The desktop GUI on a session config (default: the embedded session)."""
     from mbdl_app.launch import display_available
@@ -510,12 +513,12 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         print(f"mbdl: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
+    except TyperException as e:  # usage errors: typer's own click raises these
         e.show()
         sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
     sys.exit(rc if isinstance(rc, int) else 0)
 

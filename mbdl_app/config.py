@@ -109,21 +109,42 @@ def parse_config(data: dict[str, Any], origin: str) -> SessionConfig:
         raise ConfigError(f"{origin}: {_first_error(e)}") from None
 
 
+def shipped_configs() -> list[str]:
+    """Names of the session configs shipped in mbdl_app/sessions/ (`--config NAME`)."""
+    folder = resources.files("mbdl_app").joinpath("sessions")
+    if not folder.is_dir():
+        return []
+    return sorted(f.name[:-5] for f in folder.iterdir() if f.name.endswith(".toml"))
+
+
 def load_config(path: str | Path) -> SessionConfig:
-    """Read a TOML session config; ConfigError naming the file and what is wrong."""
+    """Read a TOML session config; ConfigError naming the file and what is wrong.
+
+    `path` is a file, or the name of a shipped config (`microscopy`, `comms`, ...: a file
+    of that name takes precedence)."""
     path = Path(path)
+    if not path.exists() and path.suffix == "" and len(path.parts) == 1:
+        if path.name in shipped_configs():
+            text = resources.files("mbdl_app").joinpath("sessions", f"{path.name}.toml").read_text("utf-8")
+            return _parse_toml(text, f"{path.name} (shipped config)")
+        raise ConfigError(f"{path}: no such config file, and no shipped config of that name "
+                          f"(shipped: {', '.join(shipped_configs()) or 'none'})")
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config ({e.strerror or e})") from None
+    return _parse_toml(text, str(path))
+
+
+def _parse_toml(text: str, origin: str) -> SessionConfig:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    return parse_config(data, str(path))
+        raise ConfigError(f"{origin}: not valid TOML ({e})") from None
+    return parse_config(data, origin)
 
 
 def default_config() -> SessionConfig:
     """The embedded default session (CEUS + SVD filter, Lorenz + EKF)."""
     text = resources.files("mbdl_app").joinpath("default_session.toml").read_text("utf-8")
-    return parse_config(tomllib.loads(text), "default_session.toml")
+    return _parse_toml(text, "default_session.toml")

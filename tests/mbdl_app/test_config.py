@@ -1,6 +1,6 @@
 import pytest
 
-from mbdl_app.config import default_config, load_config
+from mbdl_app.config import default_config, load_config, shipped_configs
 from mbdl_app.errors import ConfigError
 
 
@@ -40,3 +40,22 @@ def test_malformed_config_gives_one_line_error_naming_file_and_problem(tmp_path,
 def test_missing_config_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_an_unknown_config_name_lists_the_shipped_configs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        load_config("no-such-session")
+    msg = str(e.value)
+    assert "no-such-session" in msg and "shipped" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("name", shipped_configs())
+def test_every_shipped_config_loads_by_name_and_names_known_engines(name, tmp_path, monkeypatch):
+    import engines
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(name)
+    assert cfg.sources
+    unknown = [e.name for e in cfg.engines if e.name not in engines.available()]
+    assert not unknown, f"{name}: engines not available: {unknown}"
