@@ -202,8 +202,11 @@ class Session:
 
     @staticmethod
     def _hop(ec: EngineConfig, window: int, frames_out: int) -> int:
-        """New frames per call: the config's `hop`, by default the window (consecutive blocks)."""
-        most = min(window, frames_out)
+        """New frames per call: the config's `hop`, by default the window (consecutive blocks).
+
+        An engine with one output per window (a stack-level estimate: SPARCOM's image of a
+        stack of blinking frames) may hop up to its window; it gives one result per call."""
+        most = window if frames_out == 1 else min(window, frames_out)
         hop = ec.hop or most
         if hop > most:
             raise SessionError(f"engine {ec.label!r}: hop {hop} exceeds its window of {window} frames"

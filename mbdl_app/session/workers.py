@@ -152,8 +152,10 @@ class ImagingWorker(EngineWorker):
     publishes one result per new frame: the output frame aligned with it (the last `hop`
     frames of the output), scored against that frame's truth. hop = T (the default of
     the session) processes consecutive blocks, every frame once while the engine keeps
-    up; hop = 1 a sliding window (T - 1 frames recomputed per result). When the engine
-    falls behind, the frames it never saw are counted as skipped.
+    up; hop = 1 a sliding window (T - 1 frames recomputed per result). An engine with one
+    output frame per window (a stack-level estimate) publishes one result per call, at the
+    window's newest frame. When the engine falls behind, the frames it never saw are
+    counted as skipped.
     """
 
     def __init__(self, *args, ring: FrameRing, **kw) -> None:
@@ -169,12 +171,12 @@ class ImagingWorker(EngineWorker):
             if got is None:
                 continue
             end, frames = got
-            new = self.hop
-            skipped = end - after - new if after else 0
+            skipped = end - after - self.hop if after else 0
             after = end
             t_start = time.monotonic()
             out = self.engine(self._window[None])[0]
             t_end = time.monotonic()
+            new = min(self.hop, len(out))
             for j in range(new):
                 frame = frames[len(frames) - new + j]
                 s = out[len(out) - new + j][None]

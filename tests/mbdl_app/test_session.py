@@ -145,3 +145,22 @@ def test_a_hop_beyond_the_window_is_a_session_error():
                                                                  params={"k": 1, "window": 8})])
     with pytest.raises(SessionError, match="hop 9 exceeds its window of 8"):
         Session(cfg).start()
+
+
+def test_an_engine_with_one_output_per_window_gives_one_result_per_hop(tmp_path):
+    """A stack-level engine (one output frame per window, as SPARCOM's image of a stack) hops
+    up to its window and publishes one result per call, at the window's newest frame."""
+    LAST = {"k": 1, "window": 8, "output": "last"}
+    path = tmp_path / "stack.h5"
+    cfg = SessionConfig(sources=[SourceConfig(name="ceus", uri="sim:ceus?seed=2&rate=100&size=32")],
+                        engines=[EngineConfig(name="svd-filter", id="stack", hop=4, params=LAST)])
+    st = _run(cfg, 1.2, path)
+    with RecordingReader(path) as rec:
+        out = rec.result_arrays("ceus", "stack")
+        frames = rec.arrays("ceus")
+    idx = out["index"]
+    assert len(idx) >= 5 and st.engines["stack"]["skipped"] == 0
+    assert np.array_equal(idx, 7 + 4 * np.arange(len(idx)))  # windows end at frames 8, 12, 16, ...
+    i = idx[2]
+    assert np.allclose(out["data"][2, 0], SVDFilter(**LAST)(frames["data"][i - 7:i + 1][None])[0, -1],
+                       atol=1e-5)
