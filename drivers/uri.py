@@ -58,6 +58,7 @@ class ParsedURI:
 _SCHEMES: dict[str, str] = {
     "sim:ceus": "drivers.sim.ceus:source_from_uri",
     "sim:lorenz": "drivers.sim.lorenz:source_from_uri",
+    "sim:smlm": "drivers.sim.smlm:source_from_uri",
     "replay": "drivers.recording:source_from_uri",
     "camera": "drivers.camera:source_from_uri",
     "video": "drivers.video:source_from_uri",

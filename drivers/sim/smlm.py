@@ -41,6 +41,20 @@ and histogramming them into pixels (a thinned Poisson process is Poisson in ever
 pixel, independently), at a cost independent of the photon count. Electrons = photons
 (quantum efficiency 1); `adu_to_photons` inverts the camera's gain and offset.
 
+Live source (`sim:smlm?...`, SmlmSource). Frame k: t = k / rate, data float32
+(1, size, size) holding the uint16 ADU values exactly (meta["units"] = "adu"), and per
+frame truth of fixed shape (a recording stores it as is):
+
+    positions (n_emitters, 2) float32 nm [x, y]: row i is emitter i when it emits in the
+              frame, NaN otherwise (the slot layout of sim:ceus)
+    photons   (n_emitters,) float32: expected photons of emitter i in the frame
+              (photons * its ON fraction; 0 when OFF)
+
+The filament image is static, so it is not repeated in every frame (at 8x it is 1 MiB
+a frame, 100 MiB/s at 100 fps): it is a deterministic function of (params, seed,
+upsample), all three in meta, and `filament_from_meta(meta)` rebuilds it from a live
+source's or a recording's SourceInfo.meta (SmlmSource.filament_image() for the live one).
+
 Randomness: the seed spawns two streams, one for the sample (filaments, emitters) and
 one for the dynamics (blinking, noise), drawn in a fixed order: the same (params, seed)
 gives bit-identical frames, and the same seed with another density, brightness or
@@ -57,10 +71,16 @@ high-density frames (a few emitters per um^2).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 from scipy.special import erf
+
+from drivers.base import Frame, Pacer, SourceBase, SourceInfo, check_pacing
+from drivers.errors import SourceEnded, SourceError
+from drivers.uri import ParsedURI
 
 _DS_NM = 10.0  # arc-length step of the stored filament centrelines
 _SUB_NM = 3.2  # finest pitch of the grid that rasterizes the filament tubes
@@ -339,3 +359,136 @@ def adu_to_photons(frames: np.ndarray, params: SmlmParams) -> np.ndarray:
     """(adu - offset) / gain as float32: photo-electrons (= photons), background included."""
     return ((np.asarray(frames, np.float32) - np.float32(params.offset))
             / np.float32(params.gain))
+
+
+class SmlmSource(SourceBase):
+    """Live Source of an SMLM simulation, paced at params.rate x speed (0: flat out).
+
+    See the module docstring for the frames, the truth and the meta. read() is called
+    from one acquisition thread; it renders the frame before waiting for its deadline.
+    Ends with SourceEnded after `n_frames` frames when given. open() restarts from frame 0.
+    """
+
+    def __init__(self, params: SmlmParams | None = None, *, seed: int = 0, speed: float = 1.0,
+                 n_frames: int | None = None, upsample: int = 8, uri: str = "sim:smlm") -> None:
+        self.uri = uri
+        check_pacing(uri, speed)
+        if n_frames is not None and n_frames < 0:
+            raise SourceError(f"{uri}: n_frames must be >= 0, got {n_frames}")
+        if upsample < 1:
+            raise SourceError(f"{uri}: upsample must be >= 1, got {upsample}")
+        self.params = params or SmlmParams()
+        self.seed, self.speed, self.n_frames, self.upsample = seed, speed, n_frames, upsample
+        self._sim: SmlmSimulator | None = None
+        self._next: Frame | None = None
+
+    def open(self) -> None:
+        p = self.params
+        self._sim = sim = SmlmSimulator(p, self.seed)
+        self._pacer = Pacer(p.rate, self.speed)
+        self._next = None
+        N = sim.n_emitters
+        sigma_px = p.psf_sigma_nm / p.pixel_nm
+        self._info = SourceInfo(
+            uri=self.uri, kind="frames", shape=(1, p.size, p.size), rate_hz=p.rate,
+            meta={
+                "simulator": "smlm",
+                "reference": "simulated tubulin of LSPARCOM, Dardikman-Yoffe & Eldar, "
+                             "Optics Express 2020",
+                "channels": ["ADU"],
+                "units": "adu",
+                "coordinates": "x = column, y = row, nm from the field's top-left corner; "
+                               "pixel (r, c) covers x in [c, c + 1) * pixel_nm",
+                "pixel_nm": p.pixel_nm,
+                "psf_sigma_nm": p.psf_sigma_nm,
+                "psf_sigma_px": sigma_px,
+                "upsample": self.upsample,
+                "seed": self.seed,
+                "n_emitters": N,
+                "speed": self.speed,
+                "n_frames": self.n_frames,
+                "params": asdict(p),
+                "model": {"psf_sigma_px": sigma_px, "gain": p.gain, "offset": p.offset,
+                          "background": p.background, "read_noise": p.read_noise},
+                "truth": {"positions": "nm [x, y] of emitter i in row i, NaN when it does "
+                                       "not emit in the frame",
+                          "photons": "expected photons of emitter i in the frame",
+                          "filament": "static: filament_from_meta(meta)"},
+            },
+            truth_shapes={"positions": (N, 2), "photons": (N,)},
+        )
+
+    def filament_image(self) -> np.ndarray:
+        """float32 (size * upsample, size * upsample) filament image of this source (open)."""
+        if self._sim is None:
+            raise SourceError(f"{self.uri}: source is not open")
+        return self._sim.filament_image(self.upsample)
+
+    def read(self, timeout: float = 0.1) -> Frame | None:
+        sim = self._sim
+        if sim is None:
+            raise SourceError(f"{self.uri}: source is not open")
+        if self._next is None:
+            if self.n_frames is not None and sim.index >= self.n_frames:
+                raise SourceEnded(f"{self.uri}: ended after {self.n_frames} frames")
+            k = sim.index
+            adu, _ = sim.next_frame()
+            emitting = sim.on_time > 0
+            positions = np.full((sim.n_emitters, 2), np.nan, np.float32)
+            positions[emitting] = sim.emitters[emitting]
+            photons = (self.params.photons * sim.on_time).astype(np.float32)
+            self._next = Frame(k, k / self.params.rate, adu.astype(np.float32)[None],
+                               {"positions": positions, "photons": photons})
+        if not self._pacer.wait(self._next.index, timeout):
+            return None
+        frame, self._next = self._next, None
+        frame.t_host = time.monotonic()  # when it was handed over, not when it was rendered
+        return frame
+
+    def close(self) -> None:
+        self._sim = None
+        self._next = None
+
+
+def filament_from_meta(meta: dict[str, Any]) -> np.ndarray:
+    """The filament image of a sim:smlm stream from its SourceInfo.meta (live or recorded)."""
+    try:
+        params = SmlmParams(**meta["params"])
+        return SmlmSimulator(params, meta["seed"]).filament_image(meta["upsample"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"meta is not that of a sim:smlm stream ({type(e).__name__}: {e})"
+                         ) from None
+
+
+# URI key -> SmlmParams field
+_URI_FIELDS: dict[str, tuple[str, type]] = {
+    "size": ("size", int), "pixel": ("pixel_nm", float), "na": ("na", float),
+    "wavelength": ("wavelength_nm", float), "filaments": ("n_filaments", int),
+    "width": ("filament_width_nm", float), "density": ("density", float),
+    "mean_on": ("mean_on", float), "mean_off": ("mean_off", float),
+    "photons": ("photons", float), "background": ("background", float),
+    "read_noise": ("read_noise", float), "gain": ("gain", float), "offset": ("offset", float),
+    "rate": ("rate", float), "persistence": ("persistence_nm", float),
+}
+
+
+def source_from_uri(parsed: ParsedURI) -> SmlmSource:
+    """sim:smlm?seed=1&rate=100&size=64&density=1&photons=1000&background=20&upsample=8...
+
+    Keys: seed, rate (Hz), speed (0: flat out), n_frames, upsample (of the filament
+    image), size (pixels), pixel (nm), na, wavelength (nm), filaments, width (nm),
+    persistence (nm), density (per um^2), mean_on, mean_off (frames), photons,
+    background (photons/pixel), read_noise (e-), gain (ADU/e-), offset (ADU).
+    SourceError naming the URI on an unknown key or a bad value.
+    """
+    parsed.check_known({*_URI_FIELDS, "seed", "speed", "n_frames", "upsample"})
+    values = {name: parsed.get(key, None, cast) for key, (name, cast) in _URI_FIELDS.items()
+              if key in parsed.params}
+    try:
+        params = replace(SmlmParams(), **values)
+    except ValueError as e:
+        raise SourceError(f"{parsed.uri}: {e}") from None
+    return SmlmSource(params, seed=parsed.get("seed", 0, int),
+                      speed=parsed.get("speed", 1.0, float),
+                      n_frames=parsed.get("n_frames", None, int),
+                      upsample=parsed.get("upsample", 8, int), uri=parsed.uri)

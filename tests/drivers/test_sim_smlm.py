@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import replace
@@ -9,7 +10,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from drivers.sim.smlm import SmlmParams, SmlmSimulator, SmlmStack, adu_to_photons, simulate_stack
+from drivers import SourceEnded, SourceError, open_source
+from drivers.base import Frame, Source
+from drivers.recording import RecordingReader, RecordingWriter
+from drivers.sim.smlm import (
+    SmlmParams,
+    SmlmSimulator,
+    SmlmSource,
+    SmlmStack,
+    adu_to_photons,
+    filament_from_meta,
+    simulate_stack,
+)
 
 
 def one_emitter(**kw) -> SmlmParams:
@@ -180,3 +192,96 @@ def test_a_64_pixel_frame_costs_well_under_two_milliseconds_of_cpu():
         sim.next_frame()
     per_frame = (time.process_time() - t0) / 300
     assert per_frame < 2e-3  # ~0.3 ms on the 2-core dev box
+
+
+def test_source_frames_hold_the_simulated_adu_exactly_with_positions_in_emitter_slots():
+    p = SmlmParams(size=32, density=2.0)
+    stack = simulate_stack(p, 5, seed=9)
+    with open_source("sim:smlm?seed=9&size=32&density=2&speed=0") as src:
+        assert isinstance(src, SmlmSource) and isinstance(src, Source)
+        info = src.info
+        frames = [src.read(timeout=1.0) for _ in range(5)]
+        fine = src.filament_image()
+    N = p.n_emitters
+    assert info.kind == "frames" and info.shape == (1, 32, 32) and info.rate_hz == 100.0
+    assert info.truth_shapes == {"positions": (N, 2), "photons": (N,)}
+    assert info.meta["units"] == "adu" and info.meta["pixel_nm"] == 100.0
+    assert info.meta["psf_sigma_nm"] == pytest.approx(99.0)
+    json.dumps(info.meta)  # JSON-serializable, as the recorder needs
+    for k, f in enumerate(frames):
+        assert isinstance(f, Frame) and f.index == k and f.t == pytest.approx(k / 100)
+        assert f.data.dtype == np.float32 and f.data.shape == (1, 32, 32)
+        np.testing.assert_array_equal(f.data[0], stack.frames[k])  # uint16 values, exact
+        emitting = np.isfinite(f.truth["positions"][:, 0])
+        np.testing.assert_allclose(f.truth["positions"][emitting], stack.positions[k], atol=1e-3)
+        assert np.array_equal(emitting, f.truth["photons"] > 0)
+        assert f.truth["photons"].max() <= p.photons
+    assert np.array_equal(fine, stack.filament)
+    np.testing.assert_array_equal(filament_from_meta(info.meta), stack.filament)
+
+
+def test_recorded_smlm_stream_keeps_its_truth_and_rebuilds_its_filament(tmp_path):
+    path = tmp_path / "smlm.h5"
+    with SmlmSource(SmlmParams(size=16, density=3.0), seed=2, speed=0, upsample=4) as src:
+        items = [src.read(timeout=1.0) for _ in range(4)]
+        fine = src.filament_image()
+        with RecordingWriter(path, {"smlm": src.info}) as w:
+            w.append_items("smlm", items)
+    with RecordingReader(path) as r:
+        meta = r.info("smlm").meta
+        arrays = r.arrays("smlm")
+    np.testing.assert_array_equal(arrays["truth/positions"][3], items[3].truth["positions"])
+    np.testing.assert_array_equal(arrays["data"][0], items[0].data)
+    assert fine.shape == (64, 64)
+    np.testing.assert_array_equal(filament_from_meta(meta), fine)
+
+
+def test_source_is_paced_at_its_rate():
+    with open_source("sim:smlm?rate=100&size=64&density=2") as src:
+        t0 = time.monotonic()
+        frames = [src.read(timeout=1.0) for _ in range(30)]
+        elapsed = time.monotonic() - t0
+        assert src.read(timeout=0.001) is None  # frame 30 is not due yet
+    assert [f.index for f in frames] == list(range(30))
+    assert 0.28 <= elapsed < 0.40  # frame 29 is due 0.29 s after frame 0
+    assert frames[-1].t_host - frames[0].t_host == pytest.approx(0.29, abs=0.05)
+
+
+def test_uri_parameters_reach_the_params():
+    src = open_source("sim:smlm?seed=4&size=40&pixel=80&na=1.3&wavelength=600&filaments=3"
+                      "&width=30&density=2.5&mean_on=3&mean_off=50&photons=800&background=10"
+                      "&read_noise=2&gain=1.5&offset=90&rate=50&persistence=5000&upsample=4")
+    assert src.seed == 4 and src.upsample == 4
+    assert src.params == SmlmParams(size=40, pixel_nm=80, na=1.3, wavelength_nm=600,
+                                    n_filaments=3, filament_width_nm=30, density=2.5,
+                                    mean_on=3, mean_off=50, photons=800, background=10,
+                                    read_noise=2, gain=1.5, offset=90, rate=50,
+                                    persistence_nm=5000)
+
+
+@pytest.mark.parametrize("uri", [
+    "sim:smlm?sed=3",  # unknown key
+    "sim:smlm?size=abc",  # does not parse
+    "sim:smlm?size=4",  # too small
+    "sim:smlm?photons=-1",
+    "sim:smlm?speed=-1",
+    "sim:smlm?rate=nan",
+    "sim:smlm?n_frames=-3",
+    "sim:smlm?upsample=0",
+])
+def test_unknown_or_bad_uri_parameter_raises_source_error_naming_the_uri(uri):
+    with pytest.raises(SourceError, match=uri.replace("?", r"\?")):
+        open_source(uri)
+
+
+def test_n_frames_ends_the_stream_and_reopen_restarts():
+    src = open_source("sim:smlm?size=16&speed=0&n_frames=2")
+    with pytest.raises(SourceError, match="not open"):
+        src.read()
+    with src:
+        first = src.read(timeout=1.0).data
+        src.read(timeout=1.0)
+        with pytest.raises(SourceEnded, match="sim:smlm"):
+            src.read(timeout=1.0)
+    with src:
+        np.testing.assert_array_equal(src.read(timeout=1.0).data, first)
