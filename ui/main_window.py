@@ -127,7 +127,9 @@ class MainWindow(QMainWindow):
             if kind == "frames":
                 families = {e: session.engines[e].info.family if e in session.engines else "accumulated map"
                             for e in labels}
-                view.rebuild(labels, "bubbles" in info.truth_shapes, families)
+                microscopy = info.meta.get("units") == "adu"
+                view.rebuild(labels, "bubbles" in info.truth_shapes or session.truth_image(name) is not None,
+                             families, microscopy=microscopy)
             else:
                 view.rebuild(labels)
         for name, (dock, _) in self.views.items():

@@ -131,6 +131,7 @@ class Session:
         self._acq: list[AcquisitionThread] = []
         self._rings: list[FrameRing | SampleQueue] = []
         self._recent: dict[str, deque] = {}  # newest items per stream, for views
+        self._truth_images: dict[str, np.ndarray | None] = {}
         self._stop = threading.Event()
         self._t_start = float("nan")
         self._t_stop: float | None = None
@@ -356,6 +357,20 @@ class Session:
             stream.consumers.append(recent.append)
             self._acq.append(AcquisitionThread(stream.source, stream.stats, stream.consumers,
                                                self._stop, stream.speed))
+
+    def truth_image(self, stream: str) -> np.ndarray | None:
+        """A stream's static truth image, when its source has one (sim:smlm's filaments on the
+        fine grid, rebuilt from the meta of the live source or of the recording); cached. None
+        for streams without one."""
+        if stream not in self._truth_images:
+            meta = self.streams[stream].info.meta
+            image = None
+            if meta.get("simulator") == "smlm":
+                from drivers.sim.smlm import filament_from_meta
+
+                image = filament_from_meta(meta)
+            self._truth_images[stream] = image
+        return self._truth_images[stream]
 
     def latest_item(self, stream: str):
         """The newest Frame/Sample of `stream`, or None before the first (any thread)."""

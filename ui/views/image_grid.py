@@ -25,6 +25,11 @@ def bmode_db(chw: np.ndarray) -> np.ndarray:
     return (20.0 * np.log10(mag + 1e-6)).astype(np.float32, copy=False)
 
 
+def camera_image(chw: np.ndarray) -> np.ndarray:
+    """A camera frame (1, H, W) in counts (a microscope's ADU), linear, float32."""
+    return chw[0].astype(np.float32, copy=False)
+
+
 def fine_grid_image(chw: np.ndarray) -> np.ndarray:
     """A super-resolved image (1, H, W) of localization intensities or counts, shown on a square-root
     scale: a vessel crossed by few bubbles stays visible beside one crossed by many."""
@@ -72,6 +77,7 @@ class ImageGridView(QWidget):
         self.panels: dict[str, ImagePanel] = {}
         self._engines: list[str] = []
         self._levels_set = False
+        self.microscopy = False
 
         self.colormap = QComboBox()
         self.colormap.addItems(COLORMAPS)
@@ -107,17 +113,23 @@ class ImageGridView(QWidget):
         self.set_colormap(COLORMAPS[0])
 
     # ---- layout -----------------------------------------------------------------------
-    def rebuild(self, engines: list[str], has_truth: bool, families: dict[str, str]) -> None:
-        """Panels: input, each engine, truth; only rebuilt when that list changes."""
+    def rebuild(self, engines: list[str], has_truth: bool, families: dict[str, str],
+                microscopy: bool = False) -> None:
+        """Panels: input, each engine, truth; only rebuilt when that list changes.
+
+        `microscopy`: the input is a camera's counts (shown linear, not as B-mode) and the
+        truth is the stream's static truth image (the filaments on the fine grid)."""
         keys = ["input", *engines, *(["truth"] if has_truth else [])]
-        if keys == list(self.panels):
+        if keys == list(self.panels) and microscopy == self.microscopy:
             return
+        self.microscopy = microscopy
         self.canvas.clear()
         self.panels.clear()
         n_cols = min(len(keys), 4)
+        titles = ({"input": "input (camera, ADU)", "truth": "truth: filaments"} if microscopy
+                  else {"input": "input (B-mode)", "truth": "truth: bubbles"})
         for k, key in enumerate(keys):
-            title = {"input": "input (B-mode)", "truth": "truth: bubbles"}.get(
-                key, f"{key} · {families.get(key, '')}")
+            title = titles.get(key, f"{key} · {families.get(key, '')}")
             self.panels[key] = ImagePanel(self.canvas.ci, k // n_cols, k % n_cols, key, title)
         first = self.panels["input"].vb
         for p in self.panels.values():
@@ -155,7 +167,16 @@ class ImageGridView(QWidget):
         shared = self.shared.isChecked()
         new = False
         panel = self.panels.get("input")
-        if panel is not None and panel.source_obj is not item:
+        if panel is not None and panel.source_obj is not item and self.microscopy:
+            panel.source_obj = item
+            panel.show(camera_image(item.data), None)  # counts: its own robust levels
+            truth = self.panels.get("truth")
+            image = session.truth_image(self.stream)
+            if truth is not None and truth.data is None and image is not None:
+                truth.show(image, (0.0, 1.0), extent=item.data.shape[-2:])
+            new = True
+            self.updates += 1
+        elif panel is not None and panel.source_obj is not item:
             data = bmode_db(item.data)
             if shared and not self._levels_set:
                 top = float(np.percentile(data, 99.9))
