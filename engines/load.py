@@ -29,6 +29,7 @@ _BUILDERS: dict[str, str | Callable[..., Any]] = {
     "ista": "engines.imaging.ista:build_ista",
     "fista": "engines.imaging.ista:build_fista",
     "admm": "engines.imaging.admm:build_admm",
+    "smlm-fit": "engines.imaging.smlm_fit:build_smlm_fit",
 }
 
 BACKENDS = ("auto", "numpy", "torch", "onnxruntime", "tensorrt")
