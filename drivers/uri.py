@@ -1,6 +1,7 @@
 """Source URIs: `scheme:target?key=value&...` resolved to a Source.
 
     sim:ceus?seed=1&rate=100&size=128      sim:lorenz?rate=500&r2=1
+    sim:smlm?seed=1&density=2&photons=1000  mmcore:MMConfig.cfg?exposure=10&roi=0,0,64,64
     replay:session.h5?stream=ceus&speed=1  (speed=0: as fast as possible)
     camera:0  video:clip.mp4  tiff:stack.tif  serial:/dev/ttyUSB0?baud=115200
 
@@ -64,6 +65,7 @@ _SCHEMES: dict[str, str] = {
     "video": "drivers.video:source_from_uri",
     "tiff": "drivers.tiff:source_from_uri",
     "serial": "drivers.serial_sensor:source_from_uri",
+    "mmcore": "drivers.mmcore:source_from_uri",
 }
 
 
