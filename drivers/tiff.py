@@ -6,6 +6,14 @@ into time in file order. So (T, H, W) gives frames (1, H, W) and (T, C, H, W) fr
 (C, H, W). Values are the stored ones as float32, unscaled (photon counts stay
 counts; exact for integers below 2**24).
 
+What is refused, as one SourceError naming the file and the problem: samples that are
+not integers or floats (complex, bool), data without Y and X axes (1-D), more than one
+unnamed axis (tifffile's Q) longer than 1 besides Y, X and the channels (a 5-D array
+saved without axis names: which axis is time is a guess; write OME-TIFF or ImageJ
+axes such as TZCYX), both at open; and a frame holding NaN or infinite values, when it
+is read. A frame that cannot be read is skipped: the next read() goes on with the next
+one (its index shows the gap), so a reader that carries on after the error moves on.
+
 Uncompressed contiguous data are memory-mapped (tifffile.memmap): opening costs
 nothing and a frame reads only its own bytes. Other files (compressed, tiled,
 scattered) are read page by page as frames are needed.
@@ -32,6 +40,7 @@ from drivers.errors import SourceEnded, SourceError
 from drivers.uri import ParsedURI
 
 _CHANNEL_AXES = "CS"
+_UNNAMED_AXES = "Q"  # tifffile's axis code for a dimension the file does not name
 # what tifffile logs (and then works around) when a file's structure is damaged
 _DAMAGE_SIGNS = ("invalid page offset", "corrupt", "truncated", "failed to reshape")
 _UM_PER_UNIT = {
@@ -145,7 +154,13 @@ class _Layout:
 
     def __init__(self, axes: str, shape: tuple[int, ...]) -> None:
         if "Y" not in axes or "X" not in axes:
-            raise ValueError(f"series axes {axes!r} have no Y and X")
+            raise ValueError(f"it holds {len(shape)}-D data (axes {axes!r}, shape {shape}) "
+                             "without Y and X image axes")
+        unnamed = [n for a, n in zip(axes, shape, strict=True) if a in _UNNAMED_AXES and n > 1]
+        if len(unnamed) > 1:
+            raise ValueError(f"its axes {axes!r} (shape {shape}) have {len(unnamed)} unnamed "
+                             "axes longer than 1, so which one is time is ambiguous; save it "
+                             "as OME-TIFF or ImageJ with named axes (e.g. TZCYX)")
         self.axes, self.shape = axes, shape
         self.time = [i for i, a in enumerate(axes) if a not in "YX" + _CHANNEL_AXES]
         self.n_frames = math.prod(shape[i] for i in self.time)
@@ -224,6 +239,8 @@ class TiffSource(SourceBase):
             try:
                 len(tif.pages)  # walks every page header: a cut file shows here
                 series = tif.series[0]
+                if series.dtype.kind not in "uif":
+                    raise ValueError(f"its samples are {series.dtype}, not integers or floats")
                 layout = _Layout(series.axes, tuple(series.shape))
                 meta = stack_metadata(tif)
                 try:
@@ -232,6 +249,7 @@ class TiffSource(SourceBase):
                 except ValueError:  # compressed, tiled or not contiguous
                     self._pages = _PageReader(series, layout)
                 dtype = str(series.dtype)
+                self._float = series.dtype.kind == "f"
                 damage = warnings.damage()
                 if damage:
                     raise ValueError(f"damaged or truncated file: {damage}")
@@ -268,13 +286,24 @@ class TiffSource(SourceBase):
         return self.info.meta["n_frames"]
 
     def frame_data(self, i: int) -> np.ndarray:
-        """A new float32 (C, H, W) array of stack frame i (0 <= i < n_frames)."""
+        """A new float32 (C, H, W) array of stack frame i (0 <= i < n_frames).
+
+        SourceError naming the file and the frame if it cannot be decoded or holds NaN or
+        infinite values.
+        """
         try:
             if self._mm is not None:
-                return self._layout.to_frame(self._mm[self._layout.index(i)])
-            return self._pages.read(self._layout, i)
+                data = self._layout.to_frame(self._mm[self._layout.index(i)])
+            else:
+                data = self._pages.read(self._layout, i)
         except Exception as e:  # decoding errors of a damaged file
             raise SourceError(f"{self.uri}: frame {i} of {self.path} is unreadable ({e})") from None
+        # the sum is finite unless a value is NaN or infinite (or it overflowed: look closer)
+        if self._float and not math.isfinite(data.sum()) and not np.isfinite(data).all():
+            raise SourceError(f"{self.uri}: frame {i} of {self.path} holds "
+                              f"{np.isnan(data).sum()} NaN and {np.isinf(data).sum()} "
+                              "infinite values")
+        return data
 
     def read(self, timeout: float = 0.1) -> Frame | None:
         if self._tif is None:
@@ -283,8 +312,12 @@ class TiffSource(SourceBase):
             k, n = self._k, self._layout.n_frames
             if k >= n and not self.loop:
                 raise SourceEnded(f"{self.uri}: ended after {n} frames")
-            self._next = Frame(k, k / self._rate if self._rate else float(k),
-                               self.frame_data(k % n))
+            try:
+                data = self.frame_data(k % n)
+            except SourceError:
+                self._k += 1  # skip it: a reader that goes on gets the next frame
+                raise
+            self._next = Frame(k, k / self._rate if self._rate else float(k), data)
         if not self._pacer.wait(self._next.index, timeout):
             return None
         frame, self._next = self._next, None

@@ -191,3 +191,43 @@ def test_open_reads_the_header_only(tmp_path):
         src.read(1.0)
         assert src.memmapped
     assert time.monotonic() - t0 < 0.5
+
+
+@pytest.mark.parametrize(("name", "data", "problem"), [
+    ("complex", np.ones((4, H, W), np.complex64), "samples are complex64, not integers or floats"),
+    ("bool", np.ones((4, H, W), bool), "samples are bool"),
+    ("line", np.arange(100, dtype=np.uint16), "1-D data .* without Y and X"),
+    ("five-d", np.zeros((2, 3, 5, H, W), np.uint16), "3 unnamed axes longer than 1"),
+])
+def test_wrong_dtype_or_rank_is_a_one_line_source_error_naming_the_file(tmp_path, name, data,
+                                                                         problem):
+    path = tmp_path / f"{name}.tif"
+    tifffile.imwrite(path, data, photometric="minisblack" if data.ndim > 1 else None)
+    with pytest.raises(SourceError, match=f"{name}.tif.*{problem}") as e:
+        TiffSource(path, speed=0).open()
+    assert "\n" not in str(e.value)
+
+
+def test_singleton_axes_of_a_five_d_array_are_squeezed_into_a_readable_stack(tmp_path, stack):
+    path = tmp_path / "squeezable.tif"
+    tifffile.imwrite(path, stack[:, :1, None])  # (T, 1, 1, H, W): one axis longer than 1
+    with TiffSource(path, speed=0) as src:
+        assert src.info.shape == (1, H, W)
+        np.testing.assert_array_equal(np.stack([f.data[0] for f in read_all(src)]), stack[:, 0])
+
+
+def test_a_frame_holding_nan_is_a_source_error_and_the_stream_goes_on_past_it(tmp_path):
+    data = np.random.default_rng(3).normal(size=(4, H, W)).astype(np.float32)
+    data[2, 3, 4] = np.nan
+    data[2, 0, 0] = np.inf
+    path = tmp_path / "nan.tif"
+    tifffile.imwrite(path, data, photometric="minisblack")
+    with TiffSource(path, speed=0) as src:
+        assert [src.read(1.0).index for _ in range(2)] == [0, 1]
+        with pytest.raises(SourceError, match="frame 2 of .*nan.tif holds 1 NaN and 1 infinite"):
+            src.read(1.0)
+        f = src.read(1.0)  # the session reads on after a SourceError
+        assert f.index == 3
+        np.testing.assert_array_equal(f.data[0], data[3])
+        with pytest.raises(SourceEnded):
+            src.read(1.0)
