@@ -51,7 +51,7 @@ from engines.imaging.ulm import Matching, match
 
 TOLERANCE_NM = 250.0  # a localization farther than this from every unmatched emitter is a false one
 ALPHA_PER_NM = 1.0  # the challenge's lateral efficiency weight: 1 % per nm of RMSE
-BLUR_SIGMA_NM = 50.0  # the Gaussian both images are blurred with before they are compared
+BLUR_SIGMA_NM = 25.0  # the Gaussian both images are blurred with before they are compared
 
 
 @dataclass(frozen=True)
