@@ -285,3 +285,17 @@ def test_n_frames_ends_the_stream_and_reopen_restarts():
             src.read(timeout=1.0)
     with src:
         np.testing.assert_array_equal(src.read(timeout=1.0).data, first)
+
+
+def test_frames_are_the_same_whether_or_not_the_psf_integrals_are_cached(monkeypatch):
+    import drivers.sim.smlm as smlm
+
+    p = SmlmParams(size=24, density=3.0)
+    cached = SmlmSimulator(p, 6)
+    monkeypatch.setattr(smlm, "_PSF_CACHE_BYTES", 0)  # as for a large field
+    per_frame = SmlmSimulator(p, 6)
+    assert cached._psf_cache is not None and per_frame._psf_cache is None
+    for _ in range(5):
+        a, b = cached.next_frame(), per_frame.next_frame()
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
