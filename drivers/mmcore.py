@@ -161,6 +161,7 @@ class MMCoreSource(SourceBase):
             "roi": [int(v) for v in core.getROI()],
             "bit_depth": int(core.getImageBitDepth()),
             "units": "counts",
+            "modality": "microscopy",
             "xy_stage": self._xy_stage or None,
             "focus": self._focus or None,
             "stage_poll_s": self.stage_poll_s,
@@ -168,6 +169,8 @@ class MMCoreSource(SourceBase):
         }
         if pixel_um > 0:
             meta["pixel_size_um"] = [pixel_um, pixel_um]
+            meta["pixel_nm"] = 1e3 * pixel_um
+            meta["model"] = {"pixel_nm": 1e3 * pixel_um}  # engines take the camera's pixel from here
         self._info = SourceInfo(uri=self.uri, kind="frames", shape=(channels, h, w),
                                 rate_hz=1000.0 / exposure if exposure > 0 else 0.0, meta=meta)
         self._next_index, self._base = 0, 0

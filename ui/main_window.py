@@ -127,7 +127,7 @@ class MainWindow(QMainWindow):
             if kind == "frames":
                 families = {e: session.engines[e].info.family if e in session.engines else "accumulated map"
                             for e in labels}
-                microscopy = info.meta.get("units") == "adu"
+                microscopy = info.meta.get("modality") == "microscopy"
                 view.rebuild(labels, "bubbles" in info.truth_shapes or session.truth_image(name) is not None,
                              families, microscopy=microscopy)
             else:

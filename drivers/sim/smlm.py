@@ -410,6 +410,7 @@ class SmlmSource(SourceBase):
                              "Optics Express 2020",
                 "channels": ["ADU"],
                 "units": "adu",
+                "modality": "microscopy",
                 "coordinates": "x = column, y = row, nm from the field's top-left corner; "
                                "pixel (r, c) covers x in [c, c + 1) * pixel_nm",
                 "pixel_nm": p.pixel_nm,
@@ -421,7 +422,8 @@ class SmlmSource(SourceBase):
                 "speed": self.speed,
                 "n_frames": self.n_frames,
                 "params": asdict(p),
-                "model": {"psf_sigma_px": sigma_px, "gain": p.gain, "offset": p.offset,
+                "model": {"psf_sigma_px": sigma_px, "psf_sigma_nm": p.psf_sigma_nm,
+                          "pixel_nm": p.pixel_nm, "gain": p.gain, "offset": p.offset,
                           "background": p.background, "read_noise": p.read_noise},
                 "truth": {"positions": "nm [x, y] of emitter i in row i, NaN when it does "
                                        "not emit in the frame",
