@@ -7,7 +7,8 @@ stack's job (mbdl_app/training/artifact.py); engines only read them.
 
 `load_artifact(directory)` turns a verified artifact into an engine, by its card's task:
 "sparse-coding" -> `engines.sparse_models.engine_from_artifact`, "tracking" ->
-`engines.tracking.learned.engine_from_artifact`.
+`engines.tracking.learned.engine_from_artifact`, ...; or by its architecture where one task has
+several loaders (`architecture.name` "deep-storm" -> `engines.imaging.deep_storm`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ _TASK_BUILDERS = {"sparse-coding": "engines.sparse_models:engine_from_artifact",
                   "tracking": "engines.tracking.learned:engine_from_artifact",
                   "clutter-suppression": "engines.imaging.clutter:engine_from_artifact",
                   "super-resolution": "engines.imaging.ulm:engine_from_artifact"}
+# architectures whose task's builder is not theirs (Deep-STORM is a super-resolution model, not ULM's)
+_ARCHITECTURE_BUILDERS = {"deep-storm": "engines.imaging.deep_storm:engine_from_artifact"}
 
 
 def engine_tasks() -> list[str]:
@@ -126,7 +129,8 @@ def load_artifact(directory: str | Path, backend: str = "auto", precision: str =
 
     art = read_artifact(directory)
     task = art.card.get("task")
-    entry = _TASK_BUILDERS.get(task)
+    architecture = (art.card.get("architecture") or {}).get("name")
+    entry = _ARCHITECTURE_BUILDERS.get(architecture) or _TASK_BUILDERS.get(task)
     if entry is None:
         raise ArtifactError(f"{Path(directory) / CARD}: no engine for task {task!r}; "
                             f"known: {', '.join(sorted(_TASK_BUILDERS))}")

@@ -169,7 +169,15 @@ def _register_ulm() -> None:
         register_recipe(recipe.name, recipe)
 
 
+def _register_deep_storm() -> None:
+    from mbdl_app.training.recipes.deep_storm import RECIPES
+
+    for recipe in RECIPES:
+        register_recipe(recipe.name, recipe)
+
+
 _register_sparse()
 _register_tracking()
 _register_ceus()
 _register_ulm()
+_register_deep_storm()
