@@ -29,6 +29,10 @@ _BUILDERS: dict[str, str | Callable[..., Any]] = {
     "ista": "engines.imaging.ista:build_ista",
     "fista": "engines.imaging.ista:build_fista",
     "admm": "engines.imaging.admm:build_admm",
+    "bcjr": "engines.comms.sum_product:build_bcjr",
+    "viterbi": "engines.comms.sum_product:build_viterbi",
+    "lfg-adaptive": "engines.comms.learned_factor_graph:build_adaptive",
+    "sparcom": "engines.imaging.sparcom:build_sparcom",
     "smlm-fit": "engines.imaging.smlm_fit:build_smlm_fit",
 }
 
