@@ -35,7 +35,8 @@ _TASK_BUILDERS = {"sparse-coding": "engines.sparse_models:engine_from_artifact",
                   "clutter-suppression": "engines.imaging.clutter:engine_from_artifact",
                   "super-resolution": "engines.imaging.ulm:engine_from_artifact"}
 # architectures whose task's builder is not theirs (Deep-STORM is a super-resolution model, not ULM's)
-_ARCHITECTURE_BUILDERS = {"deep-storm": "engines.imaging.deep_storm:engine_from_artifact"}
+_ARCHITECTURE_BUILDERS = {"deep-storm": "engines.imaging.deep_storm:engine_from_artifact",
+                          "lsparcom": "engines.imaging.lsparcom:engine_from_artifact"}
 
 
 def engine_tasks() -> list[str]:

@@ -176,8 +176,16 @@ def _register_deep_storm() -> None:
         register_recipe(recipe.name, recipe)
 
 
+def _register_lsparcom() -> None:
+    from mbdl_app.training.recipes.lsparcom import RECIPES
+
+    for recipe in RECIPES:
+        register_recipe(recipe.name, recipe)
+
+
 _register_sparse()
 _register_tracking()
 _register_ceus()
 _register_ulm()
 _register_deep_storm()
+_register_lsparcom()
