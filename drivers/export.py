@@ -38,13 +38,15 @@ from drivers.recording import RecordingReader
 def pixel_size_um(meta: dict) -> list[float] | None:
     """[y, x] pixel size in micrometres from a stream's meta, or None when unknown.
 
-    Reads meta["pixel_size_um"] ([y, x] or one number; TIFF and camera sources) or
-    meta["pixel_mm"] (one number; the simulators).
+    Reads meta["pixel_size_um"] ([y, x] or one number; TIFF and camera sources),
+    meta["pixel_mm"] (one number; sim:ceus) or meta["pixel_nm"] (one number; sim:smlm).
     """
     if "pixel_size_um" in meta:
         size = meta["pixel_size_um"]
     elif "pixel_mm" in meta:
         size = np.asarray(meta["pixel_mm"], dtype=float) * 1000.0
+    elif "pixel_nm" in meta:
+        size = np.asarray(meta["pixel_nm"], dtype=float) / 1000.0
     else:
         return None
     yx = np.broadcast_to(np.asarray(size, dtype=float), (2,))

@@ -176,9 +176,10 @@ def test_export_errors_name_the_problem(recording, tmp_path):
         export_tracks_csv(recording["path"], "pos", blocked / "pos.csv")
 
 
-def test_pixel_size_is_read_from_either_meta_convention():
+def test_pixel_size_is_read_from_every_meta_convention():
     assert pixel_size_um({"pixel_size_um": [0.1, 0.2]}) == [0.1, 0.2]
     assert pixel_size_um({"pixel_size_um": 0.5}) == [0.5, 0.5]
     assert pixel_size_um({"pixel_mm": 0.12}) == [120.0, 120.0]
+    assert pixel_size_um({"pixel_nm": 100.0}) == [0.1, 0.1]
     assert pixel_size_um({}) is None
     assert pixel_size_um({"pixel_size_um": [0.0, 1.0]}) is None
