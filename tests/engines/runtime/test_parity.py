@@ -17,6 +17,14 @@ float32 itself lands on the other side of the float64 result (measured: a cached
 alista-cs-snr40, one row of 64 random draws, torch32 vs float64 9e-2, ONNX Runtime vs
 float64 3e-6). Rows where torch32 is more than RTOL from the float64 module are left out
 of the comparison, and may be at most 1 in 16.
+
+A network whose output is a small difference of large features rounds farther than RTOL in
+float32, torch itself included: Deep-STORM's 1 x 1 output layer sums features of ~10 into a
+density of ~0.01 (measured on a 300-step deep-storm, sim:smlm frames / random inputs: torch32
+vs float64 1.3e-5 / 3.8e-5, ONNX Runtime vs float64 1.4e-5 / 3.4e-5). Where ONNX Runtime and
+torch differ by more than RTOL, the bound is max(RTOL, twice torch32's distance from the
+float64 module): no float32 runtime can be held closer to torch than torch is to the exact
+result.
 """
 
 import copy
@@ -51,13 +59,20 @@ def rel_err(a, b):
 def real_inputs(engine):
     """Inputs of the artifact's own data: sparse coding x = H s + w (its H and SNR), clutter
     suppression sim:ceus I/Q windows, super-resolution their bubble frames (32 x 32 patches
-    where the graph takes any size);
+    where the graph takes any size) or, for one-channel microscopy inputs, sim:smlm frames;
     None for a task without a simulator here."""
     task = engine.card["task"]
     if task == "sparse-coding":
         snr_db = (engine.card.get("problem") or {}).get("snr_db")
         problem = SparseProblem(H=torch.as_tensor(engine.operator, dtype=torch.float64), snr_db=snr_db)
         return problem.sample(64, torch.Generator().manual_seed(5)).x.numpy().astype(np.float32)
+    if task == "super-resolution" and engine.info.in_shape[1] == 1:  # microscopy: sim:smlm ADU frames
+        from drivers.sim.smlm import SmlmParams, simulate_stack
+
+        size, T = engine.card["onnx"]["inputs"][0]["shape"][-1], engine.info.window
+        params = SmlmParams(size=size if isinstance(size, int) else 32, density=2.0)
+        stack = simulate_stack(params, 2 * T, seed=11)
+        return stack.frames.reshape(2, T, 1, *stack.frames.shape[1:]).astype(np.float32)
     if task in ("clutter-suppression", "super-resolution"):
         from drivers.sim.ceus import CeusParams, windows
 
@@ -133,7 +148,12 @@ def test_onnxruntime_matches_torch_on_random_and_real_inputs(folder):
     for kind, x in stateless_inputs(torch_engine).items():
         y_torch, y_ort = torch_engine(x), ort_engine(x)
         if torch_engine.card["task"] != "sparse-coding":
-            assert rel_err(y_ort, y_torch) <= RTOL, kind
+            bound = RTOL
+            if rel_err(y_ort, y_torch) > RTOL:  # torch32 itself may round farther (module docstring)
+                with torch.no_grad():
+                    y64 = copy.deepcopy(torch_engine.module).double()(torch.as_tensor(x, dtype=torch.float64))
+                bound = max(RTOL, 2 * rel_err(y_torch, y64.numpy()))
+            assert rel_err(y_ort, y_torch) <= bound, kind
             continue
         with torch.no_grad():
             y64 = copy.deepcopy(torch_engine.module).double()(torch.as_tensor(x, dtype=torch.float64)).numpy()
