@@ -9,8 +9,8 @@
     mbdl export FILE [--out DIR] [--format ome.tif|seq.mha|csv ...]
     mbdl export ARTIFACT [--fp16]     model.onnx (+ sha256 in the card)
     mbdl train NAME [--quick] [--out DIR] [--resume]
-    mbdl reproduce table2 | kalmannet | fig6 | fig7 [--quick] [--out DIR]
-    mbdl bench session | serial | gui | sparse | engines | tracker NAME
+    mbdl reproduce table2 | kalmannet | fig6 | fig7 | fig8 [--quick] [--out DIR]
+    mbdl bench session | serial | gui | sparse | engines | tracker NAME | smlm
     mbdl doctor [--json]
 
 Errors print one line naming the input and the problem and exit with code 2;
@@ -500,6 +500,34 @@ def reproduce_fig7(
     from mbdl_app.experiments.fig7 import run_fig7
 
     run_fig7(out / "fig7", quick=quick, lista=lista, corona=corona)
+
+
+@reproduce_app.command("fig8")
+def reproduce_fig8(
+    out: Annotated[Path, typer.Option(help="Folder for the CSV, JSON and PNG.")] = Path("reproduce_out"),
+    quick: Annotated[bool, typer.Option(help="16 x 16 stacks of 20 frames, SPARCOM 10/40 iterations.")]
+    = False,
+    lsparcom: Annotated[str, typer.Option(help="LSPARCOM engine (artifact name).")] = "lsparcom",
+    deep_storm: Annotated[str, typer.Option(help="Deep-STORM engine (artifact name).")] = "deep-storm",
+) -> None:
+    """Seed Fig. 8: SR images of SPARCOM (100, 400 iterations), LSPARCOM, Deep-STORM and smlm-fit on held-out
+    sim:smlm stacks (sparse, dense); image correlation, Jaccard, efficiency, CPU time per stack."""
+    from mbdl_app.experiments.fig8 import run_fig8
+
+    run_fig8(out / "fig8", quick=quick, lsparcom=lsparcom, deep_storm=deep_storm)
+
+
+@bench_app.command("smlm")
+def bench_smlm(
+    out: Annotated[Path, typer.Option(help="Folder for smlm.json.")] = Path("bench_out"),
+    quick: Annotated[bool, typer.Option(help="Small stacks, few iterations (smoke).")] = False,
+) -> None:
+    """The microscopy offline targets in one run: LSPARCOM vs SPARCOM-100 (Jaccard, image correlation,
+    time per stack), Deep-STORM beside them, LSPARCOM ONNX Runtime / torch."""
+    from mbdl_app.bench.smlm_bench import run_smlm_bench
+
+    report = run_smlm_bench(out, quick=quick)
+    raise typer.Exit(0 if all(t.get("met") for t in report["targets"].values()) else 1)
 
 
 def main(argv: list[str] | None = None) -> None:
