@@ -24,20 +24,34 @@ form a file a reader can open, and what the process wrote survives its being kil
 (it is in the OS page cache; a power cut is another matter: nothing here fsyncs). A
 dataset's new length may reach the disk before its rows do (when HDF5 evicts metadata
 between flushes), so a flush writes all rows, then stores each series' row count in
-`committed`, then flushes again: a row counted in `committed` is on disk. A writer that
-is still running or was killed leaves the file marked "open for write"; the reader
-then opens it as a SWMR reader and reads the committed rows only. The writer thread
-flushes every `flush_interval` (0.5 s), so a kill loses at most the last second.
+`committed`, then flushes again: a row counted in `committed` is on disk. The writer
+thread flushes every `flush_interval` (0.5 s), so a kill loses at most the last second.
+
+A killed writer. SWMR needs the version-3 superblock, whose status flags say "open for
+write" until the writer closes the file; after a kill they stay set, and plain readers
+(h5py.File(path), HDFView) refuse the file ("may use <h5clear file>"). Writing without
+SWMR would leave no flags but also no write ordering and no live readers, so the flags
+are cleared after the fact instead: `repair_recording` does what `h5clear -s` does (HDF5's
+own clear-status-flags open) and trims every series to its committed rows, after which
+the file is a closed recording that any HDF5 reader opens. The reader does it by itself
+when it meets such a file (`mbdl info`, replay). A running writer holds a shared lock
+(flock) on its file, HDF5 readers hold one while open, and repair needs the exclusive
+lock: a file another process still writes or reads is never repaired, only read as a
+SWMR reader (the committed rows, and rows flushed since).
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
+import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -48,6 +62,8 @@ import numpy as np
 from drivers.base import Frame, Item, Sample, SourceBase, SourceInfo, check_pacing
 from drivers.errors import FormatError, RecordingError, SourceEnded, SourceError
 from drivers.uri import ParsedURI
+
+log = logging.getLogger(__name__)
 
 FORMAT = "mbdl-studio-recording"
 FORMAT_VERSION = 1
@@ -285,9 +301,14 @@ class RecordingWriter:
             }
             # From here on no object may be created: SWMR keeps the file readable.
             self._file.swmr_mode = True
+            # HDF5 drops its own lock in SWMR mode; this one tells repair a writer is alive
+            self._lock_fd = os.open(self.path, os.O_RDONLY)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except Exception as e:
             if hasattr(self, "_file"):
                 self._file.close()
+            if hasattr(self, "_lock_fd"):
+                os.close(self._lock_fd)
             os.remove(self.path)
             self._closed = True
             raise RecordingError(f"cannot write recording {self.path}: {e}") from e
@@ -452,6 +473,7 @@ class RecordingWriter:
             raise RecordingError(f"cannot write recording {self.path}: close: {e}") from e
         finally:
             self._closed = True
+            os.close(self._lock_fd)  # after the close, which cleared the open-for-write flags
 
     def __enter__(self) -> RecordingWriter:
         return self
@@ -460,22 +482,47 @@ class RecordingWriter:
         self.close()
 
 
-def _open_hdf5(path: str) -> h5py.File:
-    """Open read-only; a file still marked open for write (writer running or killed)
-    is opened as a SWMR reader, which sees everything the writer flushed."""
+def _open_hdf5(path: str) -> tuple[h5py.File, RepairReport | None]:
+    """Open read-only, and the repair made first when there was one to make.
+
+    A file still marked open for write is repaired when no other process has it open
+    (its writer was killed: see the module docstring), else opened as a SWMR reader,
+    which sees everything the writer flushed."""
     if not os.path.exists(path):
         raise FormatError(f"{path}: no such file")
     if not h5py.is_hdf5(path):
         raise FormatError(f"{path}: not an HDF5 file")
+    f = _open_plain(path, "best-effort")
+    if f is not None:
+        return f, None
     try:
-        return h5py.File(path, "r", locking="best-effort")
+        report = repair_recording(path)
+    except RecordingError as e:  # a live writer, a reader, a read-only file: read, change nothing
+        log.debug("%s; reading it as a SWMR reader", e)
+    else:
+        f = _open_plain(path, "best-effort")
+        if f is not None:
+            log.warning("%s", report.summary())
+            return f, report
+    return _open_swmr(path, "best-effort"), None
+
+
+def _open_plain(path: str, locking: bool | str) -> h5py.File | None:
+    """The file opened read-only, or None when it is marked open for write."""
+    try:
+        return h5py.File(path, "r", locking=locking)
     except OSError as e:
         cause = str(e)
-        if "already open for write" not in cause:
-            what = "truncated HDF5 file" if "truncated" in cause else "unreadable HDF5 file"
-            raise FormatError(f"{path}: {what} ({cause})") from None
+        if "already open for write" in cause:
+            return None
+        what = "truncated HDF5 file" if "truncated" in cause else "unreadable HDF5 file"
+        raise FormatError(f"{path}: {what} ({cause})") from None
+
+
+def _open_swmr(path: str, locking: bool | str) -> h5py.File:
+    """The file opened as a SWMR reader (allowed while it is marked open for write)."""
     try:
-        f = h5py.File(path, "r", swmr=True, locking="best-effort")
+        f = h5py.File(path, "r", swmr=True, locking=locking)
     except OSError as e:
         raise FormatError(f"{path}: unreadable HDF5 file ({e})") from None
     # A SWMR reader skips HDF5's own end-of-file check, so do it here.
@@ -484,6 +531,110 @@ def _open_hdf5(path: str) -> h5py.File:
         f.close()
         raise FormatError(f"{path}: truncated HDF5 file ({actual} bytes, header says {stored})")
     return f
+
+
+@dataclass(frozen=True, slots=True)
+class RepairReport:
+    """What `repair_recording` did to a recording whose writer never closed it.
+
+    kept: per series ("stream NAME", "results STREAM/ENGINE") the committed rows, all kept;
+    dropped: rows past them that the writer appended after its last flush (not known to
+    be on disk), removed.
+    """
+
+    path: str
+    kept: dict[str, int]
+    dropped: dict[str, int]
+
+    def summary(self) -> str:
+        kept = ", ".join(f"{n} in {k}" for k, n in self.kept.items()) or "no series"
+        dropped = sum(self.dropped.values())
+        return (f"{self.path}: repaired a recording its writer never closed (killed?): cleared "
+                f"its open-for-write flags; kept every committed row ({kept}); dropped {dropped} "
+                "uncommitted row(s)")
+
+
+def repair_recording(path: str | os.PathLike) -> RepairReport | None:
+    """Make a recording left by a killed writer a closed file that plain HDF5 readers open.
+
+    What `h5clear -s` does (clears the superblock's open-for-write flags), and then every
+    series is cut to its committed rows (so all datasets of a series have one length and
+    `committed` equals it), keeping every committed item. None when the file is not
+    marked open for write (nothing to do; the file is not touched). Raises FormatError
+    when it is not a readable recording, RecordingError naming the file when another
+    process has it open (a writer still recording, or a reader) or it cannot be written.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FormatError(f"{path}: no such file")
+    if not h5py.is_hdf5(path):
+        raise FormatError(f"{path}: not an HDF5 file")
+    with _exclusive_lock(path):
+        f = _open_plain(path, False)
+        if f is not None:
+            f.close()
+            return None
+        with RecordingReader._over(path, _open_swmr(path, False)) as r:
+            series = {f"stream {name}": (f"streams/{name}", s) for name, s in r._streams.items()}
+            series.update({f"results {st}/{en}": (f"results/{st}/{en}", s)
+                           for (st, en), s in r._results.items()})
+            plan = {label: (group, s.n, {name: ds.shape[0] for name, ds in s.datasets.items()})
+                    for label, (group, s) in series.items()}
+        try:
+            with h5py.File(_open_clearing_status_flags(path)) as f:
+                for group, n, lengths in plan.values():
+                    for name, length in lengths.items():
+                        if length != n:
+                            f[group][name].resize(n, axis=0)
+                    f[group]["committed"][()] = n
+        except (OSError, RuntimeError, ValueError) as e:
+            raise RecordingError(f"cannot repair recording {path}: {e}") from None
+    return RepairReport(path, {k: n for k, (_, n, _) in plan.items()},
+                        {k: max(lengths.values()) - n for k, (_, n, lengths) in plan.items()})
+
+
+@contextmanager
+def _exclusive_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive flock on `path`; RecordingError when another process has it open
+    (a writer's or an HDF5 reader's shared lock) or locks do not work on its file system."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RecordingError(f"cannot repair recording {path}: another process has it open "
+                                 "(a writer still recording, or a reader)") from None
+        except OSError as e:
+            raise RecordingError(f"cannot repair recording {path}: cannot lock it ({e.strerror}), "
+                                 "so cannot tell whether a writer still has it open") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _open_clearing_status_flags(path: str) -> h5py.h5f.FileID:
+    """Open read-write with HDF5's "clear_status_flags" file-access property: the open that
+    `h5clear -s` makes, after which closing the file leaves its status flags cleared.
+
+    h5py does not expose that property, so it is set with H5Pset from the libhdf5 that h5py
+    itself links (found through h5py's extension module), under h5py's global lock. The
+    caller holds the exclusive flock, so HDF5's own locking is off."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_file_locking(False, True)
+    try:
+        h5pset = ctypes.CDLL(h5py.h5p.__file__).H5Pset
+    except (OSError, AttributeError) as e:
+        raise RecordingError(f"cannot repair recording {path}: HDF5's H5Pset is not reachable "
+                             f"({e}); run `h5clear -s {path}`") from None
+    h5pset.argtypes = (ctypes.c_int64, ctypes.c_char_p, ctypes.c_void_p)
+    h5pset.restype = ctypes.c_int
+    true = (ctypes.c_uint8 * 8)(*[1] * 8)  # a true hbool_t whether it is 1 byte or 4
+    with h5py._objects.phil:
+        status = h5pset(fapl.id, b"clear_status_flags", true)
+    if status < 0:
+        raise RecordingError(f"cannot repair recording {path}: this HDF5 has no clear_status_flags "
+                             f"property; run `h5clear -s {path}`")
+    return h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDWR, fapl)
 
 
 def _attr_json(group: h5py.Group, name: str, where: str) -> Any:
@@ -530,15 +681,28 @@ class RecordingReader:
     Raises FormatError naming the file and the problem when it is missing, not HDF5,
     truncated, foreign (no `format` attribute), of an unsupported format_version, or
     lacks datasets or attributes, or (for a closed file) its lengths disagree.
-    `unfinished` is True when the writer had not closed the file (still writing, or
-    killed): the reader then gives the rows the writer committed, and `n_items`,
-    `arrays` and `result_arrays` pick up rows flushed since. Not thread-safe: use one
-    reader per thread.
+    A file a killed writer left is repaired first (`repair_recording`; `repaired` is then
+    its RepairReport, else None). `unfinished` is True when the writer has not closed the
+    file (still writing, or killed and the file could not be repaired): the reader then
+    gives the rows the writer committed, and `n_items`, `arrays` and `result_arrays` pick
+    up rows flushed since. Not thread-safe: use one reader per thread.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = os.fspath(path)
-        self._file = _open_hdf5(self.path)
+        path = os.fspath(path)
+        file, self.repaired = _open_hdf5(path)
+        self._start(path, file)
+
+    @classmethod
+    def _over(cls, path: str, file: h5py.File) -> RecordingReader:
+        """A reader of a file already open (repair reads one under its own lock)."""
+        reader = cls.__new__(cls)
+        reader.repaired = None
+        reader._start(path, file)
+        return reader
+
+    def _start(self, path: str, file: h5py.File) -> None:
+        self.path, self._file = path, file
         try:
             self._load()
         except BaseException:

@@ -5,6 +5,7 @@
     mbdl run [--config F] [--source URI ...] [--engine NAME ...] [--duration S] [--record F]
     mbdl replay FILE [--engine NAME ...] [--speed X] [--record F] [--compare]
     mbdl info FILE
+    mbdl repair FILE
     mbdl devices [--json]
     mbdl export FILE [--out DIR] [--format ome.tif|seq.mha|csv ...]
     mbdl export ARTIFACT [--fp16]     model.onnx (+ sha256 in the card)
@@ -219,6 +220,21 @@ def info(file: Annotated[Path, typer.Argument(help="A recording (.h5).")]) -> No
     from mbdl_app.replay import describe_json
 
     print(describe_json(file))
+
+
+@app.command()
+def repair(file: Annotated[Path, typer.Argument(help="A recording (.h5) whose writer was killed.")]) -> None:
+    """Make a recording a killed writer left open in any HDF5 reader (h5clear -s), keeping
+    every committed item; says what it kept. `info` and `replay` do this by themselves."""
+    from drivers.recording import repair_recording
+
+    report = repair_recording(file)
+    if report is None:
+        print(f"{file}: closed by its writer; nothing to repair")
+        return
+    print(f"{file}: cleared the open-for-write flags its writer left")
+    for series, n in report.kept.items():
+        print(f"  {series}: kept {n} committed rows, dropped {report.dropped[series]} uncommitted")
 
 
 @app.command()

@@ -50,18 +50,31 @@ def compare_results(a: str | Path, b: str | Path) -> dict[str, dict]:
     return out
 
 
+def _span(t) -> float:
+    return float(t[-1] - t[0]) if len(t) else 0.0
+
+
 def describe(path: str | Path) -> dict:
-    """What a recording holds: format, config, streams and results with counts."""
+    """What a recording holds: format, config, streams and results with counts.
+
+    Each stream has two clocks: `device_time_span_s` spans the items' own time stamps `t`
+    (the device's clock; a simulator's simulated time, e.g. sim:lorenz advances dt = 0.02 s
+    per sample), `acquisition_wall_span_s` the host's wall-clock stamps `t_host` taken when
+    the items were acquired. `nominal_rate_hz` is the rate the source was opened at (items
+    per wall second). `repaired` says what the reader repaired when the writer had been killed.
+    """
     with RecordingReader(path) as rec:
         info = {"path": str(path), "format_version": rec.format_version,
                 "created": rec.created, "versions": rec.versions, "streams": {}, "results": {}}
+        if rec.repaired is not None:
+            info["repaired"] = {"kept": rec.repaired.kept, "dropped": rec.repaired.dropped}
         for s in rec.streams:
             si = rec.info(s)
-            t = rec.arrays(s, ["t"])["t"]
+            clocks = rec.arrays(s, ["t", "t_host"])
             info["streams"][s] = {
-                "uri": si.uri, "kind": si.kind, "shape": list(si.shape), "rate_hz": si.rate_hz,
-                "items": rec.n_items(s), "duration_s": float(t[-1] - t[0]) if len(t) else 0.0,
-                "truth": sorted(si.truth_shapes)}
+                "uri": si.uri, "kind": si.kind, "shape": list(si.shape), "items": rec.n_items(s),
+                "nominal_rate_hz": si.rate_hz, "device_time_span_s": _span(clocks["t"]),
+                "acquisition_wall_span_s": _span(clocks["t_host"]), "truth": sorted(si.truth_shapes)}
         for stream, engine in rec.results:
             r = rec.result_arrays(stream, engine, ["index", "latency"])
             lat = r["latency"]

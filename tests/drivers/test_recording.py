@@ -27,6 +27,7 @@ from drivers.recording import (
     ResultRow,
     ResultSpec,
     list_streams,
+    repair_recording,
 )
 
 HELPER = Path(__file__).with_name("_record_forever.py")
@@ -382,14 +383,90 @@ def test_killed_writer_leaves_a_readable_file_with_everything_older_than_one_sec
     older_than_1s = max(int(n) for n, t in log if float(t) <= t_kill - 1.0)
     assert older_than_1s >= 50
 
-    with RecordingReader(path) as r:
-        assert r.unfinished
+    with RecordingReader(path) as r:  # the writer is gone: the reader repairs the file first
+        assert r.repaired is not None and not r.unfinished
         assert r.config == {"test": True}
         n = assert_frames_hold_their_index(r)
         assert n >= older_than_1s
         assert len(r.result_arrays("cam", "echo")["index"]) >= older_than_1s
+        assert r.repaired.kept == {"stream cam": n, "results cam/echo": n}
     with ReplaySource(path, speed=0) as src:
         assert src.read().index == 0
+
+
+def kill_mid_recording(path: Path) -> int:
+    """Record for 1.5 s, SIGKILL the writer; the frames it had written by then."""
+    proc = start_writer(path, "--rate", "100", "--size", "16")
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate()
+    return int(out.split()[-2])
+
+
+def assert_plain_h5py_reads_every_committed_frame(path: Path, n: int) -> None:
+    with h5py.File(path, "r") as f:  # no SWMR, default locking: what HDFView and users' scripts do
+        cam = f["streams/cam"]
+        assert int(cam["committed"][()]) == n
+        assert {name: cam[name].shape[0] for name in ("t", "index", "t_host", "data")} == dict.fromkeys(
+            ("t", "index", "t_host", "data"), n)
+        assert np.array_equal(cam["data"][:, 0, 0, 0], np.arange(n, dtype=np.float32))
+        assert f["results/cam/echo/data"].shape[0] == n
+
+
+def test_repair_makes_a_killed_recording_open_in_plain_h5py_with_every_committed_item(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "killed.h5"
+    written = kill_mid_recording(path)
+    with pytest.raises(OSError, match="already open for write"):
+        h5py.File(path, "r")
+    report = repair_recording(path)
+    n = report.kept["stream cam"]
+    assert written - 60 <= n <= written  # at most 0.5 s between flushes at 100 frames/s (+ slack)
+    assert report.kept["results cam/echo"] == n and set(report.dropped) == set(report.kept)
+    assert "kept every committed row" in report.summary() and str(path) in report.summary()
+    assert_plain_h5py_reads_every_committed_frame(path, n)
+    assert repair_recording(path) is None  # a closed file: nothing to do
+    with RecordingReader(path) as r:
+        assert r.repaired is None and not r.unfinished and r.n_items("cam") == n
+
+
+def test_reader_repairs_a_killed_recording_so_plain_h5py_opens_it_afterwards(tmp_path: Path) -> None:
+    path = tmp_path / "killed.h5"
+    kill_mid_recording(path)
+    with RecordingReader(path) as r:
+        n = assert_frames_hold_their_index(r)
+        assert r.repaired.kept["stream cam"] == n
+    assert_plain_h5py_reads_every_committed_frame(path, n)
+
+
+def test_repair_refuses_a_recording_whose_writer_is_still_running(tmp_path: Path) -> None:
+    path = tmp_path / "live.h5"
+    proc = start_writer(path, "--rate", "100", "--size", "16")
+    try:
+        time.sleep(0.8)
+        with pytest.raises(RecordingError, match=f"{path}.*another process has it open"):
+            repair_recording(path)
+        with RecordingReader(path) as r:  # read as a SWMR reader, the file left as it is
+            assert r.repaired is None and r.unfinished and r.n_items("cam") > 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_repair_of_a_closed_recording_leaves_the_file_untouched(recording: Path) -> None:
+    before = recording.read_bytes()
+    assert repair_recording(recording) is None
+    assert recording.read_bytes() == before
+
+
+def test_repair_of_a_foreign_or_missing_file_gives_format_error(tmp_path: Path) -> None:
+    with pytest.raises(FormatError, match="no such file"):
+        repair_recording(tmp_path / "nope.h5")
+    text = tmp_path / "notes.h5"
+    text.write_text("not hdf5")
+    with pytest.raises(FormatError, match=f"{text}: not an HDF5 file"):
+        repair_recording(text)
 
 
 def test_reader_sees_rows_flushed_while_another_process_writes(tmp_path: Path) -> None:

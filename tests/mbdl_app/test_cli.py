@@ -158,3 +158,56 @@ def test_gui_with_a_malformed_config_is_one_line_naming_it(tmp_path):
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     line = one_error_line(mbdl("gui", "--config", str(cfg), env=env))
     assert str(cfg) in line
+
+
+def sigkill_a_recording_run(out, rate=200):
+    """`mbdl run` recording sim:lorenz, SIGKILLed after two status lines."""
+    p = subprocess.Popen([*MBDL, "run", "--source", f"sim:lorenz?seed=3&rate={rate}", "--engine", "ekf",
+                          "--record", str(out)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    while not p.stderr.readline().startswith("t=2s"):
+        pass
+    p.send_signal(signal.SIGKILL)
+    p.wait(10)
+
+
+@pytest.mark.slow
+def test_info_repairs_a_sigkilled_recording_and_names_both_clocks_of_each_stream(tmp_path):
+    out = tmp_path / "killed.h5"
+    sigkill_a_recording_run(out, rate=200)
+    with pytest.raises(OSError, match="already open for write"):
+        h5py.File(out, "r")
+    proc = mbdl("info", str(out))
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    lorenz = info["streams"]["lorenz"]
+    n = lorenz["items"]
+    assert n >= 200 and info["repaired"]["kept"]["stream lorenz"] == n
+    assert lorenz["nominal_rate_hz"] == 200.0
+    assert lorenz["device_time_span_s"] == pytest.approx(0.02 * (n - 1))  # sim:lorenz: dt = 0.02 s
+    assert lorenz["acquisition_wall_span_s"] == pytest.approx((n - 1) / 200, rel=0.1)
+    with h5py.File(out, "r") as f:  # a plain reader opens what the app repaired
+        assert f["streams/lorenz/data"].shape[0] == int(f["streams/lorenz/committed"][()]) == n
+    again = mbdl("repair", str(out))
+    assert again.returncode == 0 and "nothing to repair" in again.stdout
+
+
+@pytest.mark.slow
+def test_repair_command_clears_a_sigkilled_recording_and_says_what_it_kept(tmp_path):
+    out = tmp_path / "killed.h5"
+    sigkill_a_recording_run(out)
+    proc = mbdl("repair", str(out))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"{out}: cleared the open-for-write flags its writer left"
+    kept = {ln.split(":")[0].strip(): int(ln.split("kept ")[1].split()[0]) for ln in lines[1:]}
+    assert set(kept) == {"stream lorenz", "results lorenz/ekf"} and kept["stream lorenz"] >= 200
+    with h5py.File(out, "r") as f:
+        assert f["streams/lorenz/t"].shape[0] == kept["stream lorenz"]
+        assert f["results/lorenz/ekf/data"].shape[0] == kept["results lorenz/ekf"]
+
+
+def test_repair_of_a_file_that_is_not_hdf5_is_one_line_naming_it(tmp_path):
+    f = tmp_path / "notes.h5"
+    f.write_text("not a recording")
+    line = one_error_line(mbdl("repair", str(f)))
+    assert str(f) in line and "not an HDF5 file" in line
