@@ -6,12 +6,17 @@ at its defaults: 100 nm pixels, PSF sigma 99 nm, 1,000 photons, background 20), 
 to the high-density regime). Input: the stack's correlation data g = U M / max(M)
 (engines.imaging.sparcom.correlation_input, the x4 grid). Target: the temporal variance of the
 true emitters' intensities on the x4 grid (each emitter's variance of photons x its ON fraction
-over the stack, added into its fine pixel), divided by its mean over the support (support values
-~1). Training examples: 16 x 16-pixel patches (64 x 64 fine) cut at random from the stacks, each
-turned by a random multiple of 90 degrees and mirrored at random (the anchors' rotations), drawn
-afresh every step. Loss (the reference code's): MSE on the true-support pixels + L1 of the output
-off the support, averaged over the pixels. Adam from lr 2e-3 (the anchors' 1e-4 is for ~10k
-examples x many epochs; this budget is shorter) with a cosine decay to 2 %, batch 50 (the
+over the stack, added into its fine pixel), spread over its 3 x 3 neighbourhood by a Gaussian of
+sigma one fine pixel (25 nm, the filament's width: a one-pixel tolerance), divided by its mean
+over the support (support values ~1). Without that tolerance the support is a one-pixel-wide
+broken line that no network of this size hits exactly, and the MSE + L1 loss is lowest at an
+all-zero output: the first 1,000-step run collapsed there (validation loss 0.03775 vs 0.03562 for
+zero, image correlation 0.10; measured); with it the validation loss falls steadily (0.078 ->
+0.060 in 400 steps, zero: 0.127). Training examples: 16 x 16-pixel patches (64 x 64 fine) cut at
+random from the stacks, each turned by a random multiple of 90 degrees and mirrored at random (the
+anchors' rotations), drawn afresh every step. Loss (the reference code's): MSE on the support +
+L1 of the output off it, averaged over the pixels. Adam from lr 2e-3 (the anchors' 1e-4 is for
+~10k examples x many epochs; this budget is shorter) with a cosine decay to 2 %, batch 50 (the
 anchors'), gradient clipping at norm 1. Initialization: SPARCOM's kernels (LSPARCOM.init_from).
 
 Held-out figures (card `metrics`), on full 64 x 64 stacks of other simulator seeds at a sparse
@@ -34,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 
 from drivers.sim.smlm import SmlmParams, SmlmSimulator
@@ -59,6 +65,8 @@ SPARSE, DENSE = 0.5, 3.0  # the held-out densities
 FRACTIONS = tuple(float(f) for f in np.geomspace(0.01, 0.5, 12))  # localization threshold / image max
 RADIUS = 2  # fine pixels (x4 grid): maxima closer than 2.5 x 25 nm are one
 TRUTH_FINE_NM = 12.5  # the filament image's pixel (8x grid)
+# the target's one-pixel tolerance: a 3 x 3 Gaussian of sigma 1 fine pixel (25 nm), peak 1
+TARGET_BLUR = np.exp(-0.5 * (np.arange(-1, 2)[:, None] ** 2 + np.arange(-1, 2)[None, :] ** 2))
 ARCH: dict[str, Any] = {}  # LSPARCOM's defaults: 10 folds, x4, 25 x 25 and 29 x 29 kernels
 
 
@@ -106,8 +114,9 @@ def simulate(density: float, seed: list[int], frames: int, field: int) -> Stack:
     fine_nm = p.pixel_nm / UPSAMPLE
     n = field * UPSAMPLE
     rc = np.clip(np.floor(sim.emitters[:, ::-1] / fine_nm).astype(np.int64), 0, n - 1)  # [row, col]
-    target = np.zeros((n, n))
-    np.add.at(target, (rc[:, 0], rc[:, 1]), variance)
+    spikes = np.zeros((n, n))
+    np.add.at(spikes, (rc[:, 0], rc[:, 1]), variance)
+    target = ndimage.correlate(spikes, TARGET_BLUR, mode="constant")
     support = target > 0
     target /= target[support].mean() if support.any() else 1.0
     g = correlation_input(torch.from_numpy(data)[None, :, None], UPSAMPLE)[0]
@@ -245,7 +254,8 @@ class LsparcomRecipe(Recipe):
                          f"{TEST_SEED}) stacks at each of {SPARSE} and {DENSE} / um^2; random "
                          f"{PATCH} x {PATCH} patches, turned and mirrored, drawn every step"),
                 "loss": "MSE on the true-support pixels + L1 off the support (target: the emitters' "
-                        "temporal variance on the x4 grid / its mean over the support)",
+                        "temporal variance on the x4 grid, spread over 3 x 3 pixels (sigma 25 nm), / its "
+                        "mean over the support)",
                 "validation_metric": "the loss on fixed validation patches",
                 "budget": f"{size.steps} steps of batch {size.batch} on one CPU core",
             },
