@@ -67,7 +67,7 @@ from engines.imaging.sparcom import correlation_input
 
 TEST_SEED, VAL_SEED = 5100, 5200
 DENSITIES = {"sparse": 0.5, "dense": 3.0}  # emitters per um^2 per frame (the recipes' held-out ones)
-FRACTIONS = tuple(float(f) for f in np.geomspace(0.01, 0.5, 12))  # localization threshold / image max
+FRACTIONS = tuple(float(f) for f in np.geomspace(0.001, 0.5, 16))  # localization threshold / image max
 PEAK_RADIUS_NM = 50.0  # maxima closer than about twice this are one
 TRUTH_FINE_NM = 12.5  # the simulator's filament image is on the 8x grid
 CHUNK = 25  # frames per call of a per-frame engine
