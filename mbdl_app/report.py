@@ -15,13 +15,34 @@ def _f(v: float, fmt: str = ".1f") -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
+def source_setup(s: dict) -> str:
+    """A source's size and nominal rate, e.g. `48x48@25Hz` (frames) or `@500Hz` (samples)."""
+    shape = s.get("shape") or []
+    size = "x".join(str(v) for v in shape[-2:]) if s.get("kind") == "frames" else ""
+    return f"{size}@{s['nominal_hz']:g}Hz"
+
+
+def setup_line(st: SessionStatus) -> str:
+    """What runs on what, e.g. `ceus 48x48@25Hz: svd-filter/20, corona-ceus/20, ulm-lista · lorenz
+    @500Hz: ekf, kalmannet-lorenz` (live maps, which follow their engine, left out)."""
+    groups = []
+    for name, s in st.sources.items():
+        labels = [f"{label}/{e['hop']}" if e.get("hop", 1) > 1 else label
+                  for label, e in st.engines.items()
+                  if e["stream"] == name and not e["task"].endswith("-map")]
+        groups.append(f"{name} {source_setup(s)}" + (f": {', '.join(labels)}" if labels else ""))
+    return " · ".join(groups)
+
+
 def status_line(st: SessionStatus) -> str:
-    """E.g. `t=5s | ceus 100.0/s | svd-filter 48.0/s p99 6.1ms | rec q=2 | 310MB`."""
+    """E.g. `t=5s | ceus 48x48@25Hz 25.0/s | svd-filter/20 25.0/s p99 6.1ms | rec q=2 | 310MB`:
+    each source's size and nominal rate, each windowed engine's hop (`/HOP`, as `--engine`)."""
     parts = [f"t={st.elapsed_s:.0f}s"]
     for name, s in st.sources.items():
         flag = "" if s["state"] == "running" else f" [{s['state']}]"
-        parts.append(f"{name} {_f(s['fps'])}/s{flag}")
-    for name, e in st.engines.items():
+        parts.append(f"{name} {source_setup(s)} {_f(s['fps'])}/s{flag}")
+    for label, e in st.engines.items():
+        name = f"{label}/{e['hop']}" if e.get("hop", 1) > 1 else label
         flag = "" if e["state"] == "running" else f" [{e['state']}]"
         mse = "" if math.isnan(e["mse_db"]) else f" {_f(e['mse_db'])}dB"
         parts.append(f"{name} {_f(e['fps'])}/s p99 {_f(e['latency_p99_ms'], '.2f')}ms{mse}{flag}")

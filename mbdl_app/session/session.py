@@ -438,10 +438,14 @@ class Session:
         if r is not None:
             rec = {"path": str(r.path), "state": r.state, "error": r.error,
                    "backlog": r.backlog, "max_backlog": r.max_backlog, "written": r.counts()}
+        engines_ = self.bus.snapshot()
+        for label, hop in self.hops.items():  # the chosen set-up, for status lines
+            engines_[label]["hop"] = hop
         return SessionStatus(
             elapsed_s=(self._t_stop or time.monotonic()) - self._t_start,
-            sources={n: s.stats.snapshot() for n, s in self.streams.items()},
-            engines=self.bus.snapshot(),
+            sources={n: {**s.stats.snapshot(), "kind": s.info.kind, "shape": list(s.info.shape)}
+                     for n, s in self.streams.items()},
+            engines=engines_,
             recorder=rec,
             rss_mb=psutil.Process(os.getpid()).memory_info().rss / 2**20,
             running=self._started and not self._stopped,

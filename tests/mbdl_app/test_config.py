@@ -4,11 +4,15 @@ from mbdl_app.config import default_config, load_config, shipped_configs
 from mbdl_app.errors import ConfigError
 
 
-def test_default_session_has_ceus_with_svd_filter_and_lorenz_with_ekf():
+def test_default_session_runs_a_learned_engine_beside_its_baseline_in_each_modality():
     cfg = default_config()
     assert {s.name: s.uri.split("?")[0] for s in cfg.sources} == {
         "ceus": "sim:ceus", "lorenz": "sim:lorenz"}
-    assert {(e.name, e.source) for e in cfg.engines} == {("svd-filter", "ceus"), ("ekf", "lorenz")}
+    assert [(e.name, e.source or f"<- {e.input}") for e in cfg.engines] == [
+        ("svd-filter", "ceus"), ("corona-ceus", "ceus"), ("ulm-lista", "<- corona-ceus"),
+        ("ekf", "lorenz"), ("kalmannet-lorenz", "lorenz")]
+    # the clutter filters run in blocks of their window: each frame once
+    assert [e.hop for e in cfg.engines[:2]] == [20, 20] and cfg.engines[0].params["window"] == 20
 
 
 def test_config_file_round_trip(tmp_path):
