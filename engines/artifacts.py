@@ -33,7 +33,11 @@ OPERATOR_KEY = "operator"  # the forward operator (e.g. a sparse-coding model's 
 _TASK_BUILDERS = {"sparse-coding": "engines.sparse_models:engine_from_artifact",
                   "tracking": "engines.tracking.learned:engine_from_artifact",
                   "clutter-suppression": "engines.imaging.clutter:engine_from_artifact",
-                  "super-resolution": "engines.imaging.ulm:engine_from_artifact"}
+                  "super-resolution": "engines.imaging.ulm:engine_from_artifact",
+                  "symbol-detection": "engines.comms.learned:engine_from_artifact"}
+# tasks whose engine is more than its exported graph: the runtime's engine of the graph is wrapped
+# (a detector runs the trellis recursion around its likelihood network, on whichever runtime)
+_TASK_WRAPPERS = {"symbol-detection": "engines.comms.learned:detector_from_runtime"}
 # architectures whose task's builder is not theirs (Deep-STORM is a super-resolution model, not ULM's)
 _ARCHITECTURE_BUILDERS = {"deep-storm": "engines.imaging.deep_storm:engine_from_artifact",
                           "lsparcom": "engines.imaging.lsparcom:engine_from_artifact"}
@@ -144,6 +148,9 @@ def load_artifact(directory: str | Path, backend: str = "auto", precision: str =
         return built[0]
 
     engine = build(art, backend, torch_engine, precision)
+    if task in _TASK_WRAPPERS:
+        wrapper, _, wrap = _TASK_WRAPPERS[task].partition(":")
+        engine = getattr(importlib.import_module(wrapper), wrap)(art, engine)
     engine.card = art.card
     engine.artifact_sha256 = art.sha256
     if OPERATOR_KEY in art.weights and not hasattr(engine, "operator"):
