@@ -183,9 +183,17 @@ def _register_lsparcom() -> None:
         register_recipe(recipe.name, recipe)
 
 
+def _register_comms() -> None:
+    from mbdl_app.training.recipes.comms import RECIPES
+
+    for recipe in RECIPES:
+        register_recipe(recipe.name, recipe)
+
+
 _register_sparse()
 _register_tracking()
 _register_ceus()
 _register_ulm()
 _register_deep_storm()
 _register_lsparcom()
+_register_comms()
