@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mbdl_app.session.stats import LatencyHistogram, MeanSquare, RateMeter
+from mbdl_app.session.stats import ErrorRate, LatencyHistogram, MeanSquare, RateMeter
 
 
 @dataclass(slots=True)
@@ -24,6 +24,7 @@ class Result:
     data: imaging (T_out, C, H, W) or tracker mean (n,); cov (n, n) or None.
     mse: squared error against the truth of that item when known, else None.
     truth: that item's truth arrays (not recorded), passed on to chained engines.
+    ser: a symbol detector's symbol error rate on that block when the symbols are known, else None.
     """
 
     engine: str
@@ -37,6 +38,7 @@ class Result:
     cov: np.ndarray | None = None
     mse: float | None = None
     truth: dict[str, np.ndarray] = field(default_factory=dict)
+    ser: float | None = None
 
     @property
     def compute_latency(self) -> float:
@@ -66,6 +68,7 @@ class EngineStats:
     e2e: LatencyHistogram = field(default_factory=LatencyHistogram)
     rate: RateMeter = field(default_factory=RateMeter)
     mse: MeanSquare = field(default_factory=MeanSquare)
+    ser: ErrorRate = field(default_factory=ErrorRate)
 
     def snapshot(self, now: float | None = None) -> dict:
         c, e = self.compute.summary_ms(), self.e2e.summary_ms()
@@ -78,6 +81,7 @@ class EngineStats:
             "latency_p99_ms": c["p99_ms"], "latency_max_ms": c["max_ms"],
             "e2e_p50_ms": e["p50_ms"], "e2e_p99_ms": e["p99_ms"],
             "mse_db": self.mse.recent_db(), "mse_db_overall": self.mse.overall_db(),
+            "ser": self.ser.recent(), "ser_overall": self.ser.overall(),
         }
 
 
@@ -111,6 +115,8 @@ class ResultBus:
             st.rate.tick(r.t_end)
             if r.mse is not None:
                 st.mse.add(r.mse)
+            if r.ser is not None:
+                st.ser.add(r.ser)
             self._seq += 1
 
     def mark(self, engine: str, state: str, error: str = "") -> None:

@@ -111,6 +111,27 @@ class MeanSquare:
         return self._db(sum(self._recent) / len(self._recent)) if self._recent else float("nan")
 
 
+class ErrorRate:
+    """Running error rate of a symbol detector: the mean of its per-block rates (blocks of one
+    length), overall and over the recent `recent` blocks (20 of 500 symbols: 10,000 symbols)."""
+
+    def __init__(self, recent: int = 20) -> None:
+        self.sum = 0.0
+        self.n = 0
+        self._recent: deque[float] = deque(maxlen=recent)
+
+    def add(self, rate: float) -> None:
+        self.sum += rate
+        self.n += 1
+        self._recent.append(rate)
+
+    def overall(self) -> float:
+        return self.sum / self.n if self.n else float("nan")
+
+    def recent(self) -> float:
+        return sum(self._recent) / len(self._recent) if self._recent else float("nan")
+
+
 class Counter:
     """A thread-safe integer counter (several producers may bump it)."""
 

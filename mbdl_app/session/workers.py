@@ -17,6 +17,7 @@ import numpy as np
 
 from drivers.base import Frame, Sample, Source
 from drivers.errors import SourceEnded, SourceError
+from engines.comms.sum_product import symbol_error_rate
 from mbdl_app.session.bus import Result, ResultBus
 from mbdl_app.session.rings import FrameRing, SampleQueue
 from mbdl_app.session.stats import RateMeter
@@ -24,7 +25,7 @@ from mbdl_app.session.stats import RateMeter
 log = logging.getLogger(__name__)
 
 # Which truth array an engine's output is scored against, by task.
-TRUTH_OF_TASK = {"clutter-suppression": "bubbles", "tracking": "state"}
+TRUTH_OF_TASK = {"clutter-suppression": "bubbles", "tracking": "state", "symbol-detection": "symbols"}
 
 
 @dataclass
@@ -124,6 +125,8 @@ class EngineWorker(threading.Thread):
         self.label, self.stream, self.engine, self.bus, self._halt = label, stream, engine, bus, stop
         self.on_result = on_result
         self.truth_key = TRUTH_OF_TASK.get(engine.info.task)
+        # a symbol detector declares its alphabet: it is scored by its symbol error rate, not MSE
+        self.alphabet = getattr(engine, "alphabet", None)
 
     def run(self) -> None:
         self.bus.mark(self.label, "running")
@@ -218,7 +221,10 @@ class TrackerWorker(EngineWorker):
             t_end = time.monotonic()
             mean = est.mean[0]
             cov = None if est.cov is None else est.cov[0]
-            mse = squared_error(mean, s.truth.get(self.truth_key)) if self.truth_key else None
+            truth = s.truth.get(self.truth_key) if self.truth_key else None
+            mse, ser = squared_error(mean, truth), None
+            if self.alphabet is not None:
+                mse, ser = None, None if truth is None else symbol_error_rate(mean, truth, self.alphabet)
             skipped, self._dropped = self.queue.dropped - self._dropped, self.queue.dropped
             self._emit(Result(self.label, self.stream, s.index, s.t, mean,
-                              s.t_host, t_start, t_end, cov=cov, mse=mse), skipped)
+                              s.t_host, t_start, t_end, cov=cov, mse=mse, ser=ser), skipped)
