@@ -21,6 +21,7 @@ from ui.panels.control_panel import ControlPanel
 from ui.panels.log_panel import LogPanel
 from ui.views.image_grid import ImageGridView
 from ui.views.metrics_view import MetricsView
+from ui.views.ser_view import SerView
 from ui.views.track_view import TrackView
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class MainWindow(QMainWindow):
         act("Quit", "Ctrl+Q", self.close)
 
     def _sync_views(self) -> None:
-        """One dock per stream: imaging grid for frames, track view for samples."""
+        """One dock per stream: imaging grid for frames, track view for samples, SER view for symbols."""
         session = self.studio.session
         if session is None:
             return
@@ -109,16 +110,18 @@ class MainWindow(QMainWindow):
             labels += [session.maps[e].label for e in labels if e in session.maps]  # live super-res maps
             wanted[name] = (stream.info.kind, labels, stream.info)
         for name, (kind, labels, info) in wanted.items():
-            cls = ImageGridView if kind == "frames" else TrackView
+            symbols = "symbols" in info.truth_shapes or any(
+                session.engines[e].info.task == "symbol-detection" for e in labels if e in session.engines)
+            cls = ImageGridView if kind == "frames" else SerView if symbols else TrackView
             entry = self.views.get(name)
             if entry is None or not isinstance(entry[1], cls):
                 if entry is not None:
                     self.stage.removeDockWidget(entry[0])
                     entry[0].deleteLater()
                 view = cls(name)
-                title = f"{'Imaging' if kind == 'frames' else 'Tracking'}: {name}"
-                dock = self._dock(f"view:{name}", title, view, Qt.DockWidgetArea.TopDockWidgetArea,
-                                  host=self.stage)
+                title = {ImageGridView: "Imaging", TrackView: "Tracking", SerView: "Symbols"}[cls]
+                dock = self._dock(f"view:{name}", f"{title}: {name}", view,
+                                  Qt.DockWidgetArea.TopDockWidgetArea, host=self.stage)
                 self.views[name] = entry = (dock, view)
                 if kind == "frames":
                     view.set_colormap(self.settings.value("colormap", "inferno"))

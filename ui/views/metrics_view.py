@@ -1,4 +1,5 @@
-"""Metrics dock: per engine its family, backend, rate, latency, drops and live MSE;
+"""Metrics dock: per engine its family, backend, rate, latency, drops and live MSE (symbol
+detectors: their symbol error rate over the recent blocks);
 per source its rate, gaps and errors. Updated from the bridge's 2 Hz stats."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from PySide6.QtWidgets import QHeaderView, QLabel, QTableWidget, QTableWidgetIte
 from ui.theme import ERROR
 
 ENGINE_COLS = ["engine", "stream", "family", "backend", "state", "fps", "p50 ms", "p99 ms",
-               "e2e p99 ms", "drops", "MSE dB"]
+               "e2e p99 ms", "drops", "MSE dB", "SER"]
 SOURCE_COLS = ["source", "state", "fps", "nominal Hz", "items", "gaps", "errors", "lag ms"]
 
 
@@ -65,7 +66,8 @@ class MetricsView(QWidget):
         for name, e in st.engines.items():
             rows.append([name, e["stream"], e["family"], e["backend"], e["state"], _num(e["fps"]),
                          _num(e["latency_p50_ms"], ".2f"), _num(e["latency_p99_ms"], ".2f"),
-                         _num(e["e2e_p99_ms"], ".1f"), str(e["skipped"]), _num(e["mse_db"], ".2f")])
+                         _num(e["e2e_p99_ms"], ".1f"), str(e["skipped"]), _num(e["mse_db"], ".2f"),
+                         _num(e.get("ser"), ".2e")])
             bad.append(e["state"] == "failed")
         self._fill(self.engines, rows, bad)
         rows, bad = [], []
