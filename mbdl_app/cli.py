@@ -10,7 +10,7 @@
     mbdl export FILE [--out DIR] [--format ome.tif|seq.mha|csv ...]
     mbdl export ARTIFACT [--fp16]     model.onnx (+ sha256 in the card)
     mbdl train NAME [--quick] [--out DIR] [--resume]
-    mbdl reproduce table2 | kalmannet | fig6 | fig7 | fig8 [--quick] [--out DIR]
+    mbdl reproduce table2 | kalmannet | fig6 | fig7 | fig8 | fig9 [--quick] [--out DIR]
     mbdl bench session | serial | gui | sparse | engines | tracker NAME | smlm
     mbdl doctor [--json]
 
@@ -544,6 +544,18 @@ def bench_smlm(
 
     report = run_smlm_bench(out, quick=quick)
     raise typer.Exit(0 if all(t.get("met") for t in report["targets"].values()) else 1)
+
+
+@reproduce_app.command("fig9")
+def reproduce_fig9(
+    out: Annotated[Path, typer.Option(help="Folder for the CSV, JSON and PNG.")] = Path("reproduce_out"),
+    quick: Annotated[bool, typer.Option(help="2 channels x 2 SNRs, tiny training budgets (smoke).")] = False,
+) -> None:
+    """Seed Fig. 9: SER vs SNR of model-based SP/Viterbi, the learned factor graphs and the SBRNN, with
+    perfect and uncertain CSI, averaged over 20 channels; nets trained on the fly; same-run timings."""
+    from mbdl_app.experiments.fig9 import run_fig9
+
+    run_fig9(out / "fig9", quick=quick)
 
 
 def main(argv: list[str] | None = None) -> None:

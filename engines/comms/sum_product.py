@@ -121,7 +121,7 @@ def forward_backward(log_f: np.ndarray, trellis: Trellis, log_T: np.ndarray,
     if semiring not in SEMIRINGS:
         raise ValueError(f"semiring must be one of {', '.join(SEMIRINGS)}, got {semiring!r}")
     N, B, S = log_f.shape
-    reduce = np.sum if semiring == "sum" else np.max
+    reduce = (np.add if semiring == "sum" else np.maximum).reduce  # the ufunc's own: no wrapper overhead
     F = np.maximum(np.exp(log_f - log_f.max(-1, keepdims=True)), _FLOOR)
     T = np.exp(log_T)
     Tp = T[trellis.pred, np.arange(S)]  # T(c | pred_k(c)), (2, S)
@@ -136,13 +136,13 @@ def forward_backward(log_f: np.ndarray, trellis: Trellis, log_T: np.ndarray,
     def forward(a: np.ndarray, f: np.ndarray) -> np.ndarray:
         """a M_i: f(c) (+)_k T(c | pred_k(c)) a(pred_k(c)), scaled to max 1 (a: (..., S))."""
         a = reduce(a[..., trellis.pred] * Tp, axis=-2) * f
-        return a / a.max(-1, keepdims=True)
+        return a / np.maximum.reduce(a, axis=-1, keepdims=True)
 
     def backward(b: np.ndarray, f: np.ndarray) -> np.ndarray:
         """M_i b: (+)_j T(succ_j(c') | c') f(succ_j(c')) b(succ_j(c')), scaled to max 1."""
         g = f * b
         b = reduce(g[..., trellis.succ] * Ts, axis=-2)
-        return b / b.max(-1, keepdims=True)
+        return b / np.maximum.reduce(b, axis=-1, keepdims=True)
 
     a_in = np.empty((N, C, S))  # the forward message entering each chunk
     b_out = np.ones((N, C, S))  # the backward message at each chunk's last symbol
