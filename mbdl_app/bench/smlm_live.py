@@ -14,6 +14,7 @@ recording to `smlm_live.h5`. Then the recording is read back:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -87,4 +88,14 @@ def run_smlm_live(out: str | Path, duration: float = 30.0, size: int = 64, rate:
     }
     rates = ", ".join(f"{k} {m['refresh_hz']:.2f}" for k, m in maps.items())
     log(f"live: {delivered} frames, {lost} lost in the recording; map refresh (Hz): {rates}")
+    return report
+
+
+def add_live_part(report: dict[str, Any], out: str | Path, duration: float) -> dict[str, Any]:
+    """Run the live part, add it to the offline report of `mbdl bench smlm` (key `live`, its
+    targets beside the offline ones) and rewrite smlm.json."""
+    report["live"] = run_smlm_live(out, duration=duration)
+    report["targets"].update(report["live"]["targets"])
+    text = json.dumps(report, indent=2, default=float) + "\n"
+    (Path(out) / "smlm.json").write_text(text, encoding="utf-8")
     return report
