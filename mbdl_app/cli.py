@@ -11,7 +11,7 @@
     mbdl export ARTIFACT [--fp16]     model.onnx (+ sha256 in the card)
     mbdl train NAME [--quick] [--out DIR] [--resume]
     mbdl reproduce table2 | kalmannet | fig6 | fig7 | fig8 | fig9 [--quick] [--out DIR]
-    mbdl bench session | serial | gui | sparse | engines | tracker NAME | smlm
+    mbdl bench session | serial | gui | sparse | engines | comms | tracker NAME | smlm
     mbdl doctor [--json]
 
 Errors print one line naming the input and the problem and exit with code 2;
@@ -405,6 +405,18 @@ def bench_ceus(
     from mbdl_app.bench.ceus_bench import run_ceus_bench
 
     raise typer.Exit(run_ceus_bench(out, duration, size))
+
+
+@bench_app.command("comms")
+def bench_comms(
+    out: Annotated[Path, typer.Option(help="Folder for comms_live.json.")] = Path("bench_out"),
+    duration: Annotated[float, typer.Option(help="Seconds of the run.")] = 60.0,
+    speed: Annotated[float, typer.Option(help="Times real time (2: 20,000 symbols/s per stream).")] = 1.0,
+) -> None:
+    """The comms session: each symbol detector's symbols/s and end-to-end latency (issue 16's target)."""
+    from mbdl_app.bench.comms_bench import run_comms_bench
+
+    raise typer.Exit(run_comms_bench(out, duration, speed))
 
 
 @bench_app.command("sparse")
