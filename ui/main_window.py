@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import QDockWidget, QFileDialog, QLabel, QMainWindow, QWidget
 
+from mbdl_app.report import setup_line
 from mbdl_app.studio import Studio
 from ui.bridge import SessionBridge
 from ui.panels.control_panel import ControlPanel
@@ -25,7 +26,8 @@ from ui.views.ser_view import SerView
 from ui.views.track_view import TrackView
 
 log = logging.getLogger(__name__)
-SETTINGS_VERSION = 2
+SETTINGS_VERSION = 3  # 3: a new default layout (imaging views sized for their images); old ones are dropped
+DOCK_TITLE_PX = 24  # a dock's title bar
 
 
 class MainWindow(QMainWindow):
@@ -34,7 +36,10 @@ class MainWindow(QMainWindow):
         self.studio = studio
         self.settings = settings or QSettings("MBDL", "Studio")
         self.setWindowTitle("MBDL Studio")
-        self.resize(1500, 950)
+        screen = QGuiApplication.primaryScreen().availableGeometry()
+        self.resize(min(1600, screen.width()), min(1000, screen.height()))
+        # the session column runs the full height; metrics and log sit under the views only
+        self.setCorner(Qt.Corner.BottomLeftCorner, Qt.DockWidgetArea.LeftDockWidgetArea)
         # The views dock inside a stage (an inner main window in the centre), so they
         # take all the room the controls leave and can still be moved, split, floated.
         self.stage = QMainWindow()
@@ -54,6 +59,8 @@ class MainWindow(QMainWindow):
         self._fixed_docks = (control, metrics, logs)
         self._laid_out = False
         self.rec_label = QLabel()
+        self.setup_label = QLabel()  # what runs: each source's size and rate, each engine's hop
+        self.statusBar().addWidget(self.setup_label, 1)
         self.statusBar().addPermanentWidget(self.rec_label)
         self._reported: set[str] = set()
         self._next_refresh: dict[str, float] = {}
@@ -107,7 +114,9 @@ class MainWindow(QMainWindow):
         wanted = {}
         for name, stream in session.streams.items():
             labels = [e for e, src in session.bindings.items() if src == name]
-            labels += [session.maps[e].label for e in labels if e in session.maps]  # live super-res maps
+            # a super-resolution engine is shown by its live map: its per-frame localizations
+            # (one fine pixel per bubble) vanish at screen size
+            labels = [session.maps[e].label if e in session.maps else e for e in labels]
             wanted[name] = (stream.info.kind, labels, stream.info)
         for name, (kind, labels, info) in wanted.items():
             symbols = "symbols" in info.truth_shapes or any(
@@ -143,16 +152,29 @@ class MainWindow(QMainWindow):
             QTimer.singleShot(0, self, self._default_layout)  # cancelled if the window goes
 
     def _default_layout(self) -> None:
-        """Views large on the right (imaging above tracking), controls left, metrics below."""
+        """Views large on the right (imaging above tracking, each imaging view as tall as its images
+        need), a narrow session column left, metrics and log in tabs below the views."""
         if getattr(self, "_pending_state", None) is not None:
             return  # the user's saved layout wins
         control, metrics, logs = self._fixed_docks
         self.tabifyDockWidget(metrics, logs)  # takes effect only once the window is shown
         metrics.raise_()
-        docks = [d for d, _ in self.views.values() if d.isVisible()]
+        shown = [(d, v) for d, v in self.views.values() if d.isVisible()]
+        docks = [d for d, _ in shown]
         for upper, lower in zip(docks, docks[1:], strict=False):
             self.stage.splitDockWidget(upper, lower, Qt.Orientation.Vertical)
-        self.resizeDocks([metrics], [max(170, self.height() // 5)], Qt.Orientation.Vertical)
+        control_w, metrics_h = min(300, max(240, self.width() // 6)), max(110, self.height() // 8)
+        self.resizeDocks([control], [control_w], Qt.Orientation.Horizontal)
+        self.resizeDocks([metrics], [metrics_h], Qt.Orientation.Vertical)
+        # an imaging view gets the height its images need at the stage's width (at most 62%),
+        # the other views share the rest
+        stage_w = self.width() - control_w - 16
+        stage_h = self.height() - self.statusBar().sizeHint().height() - metrics_h - 40
+        imaging = {d: min(v.height_for(stage_w) + DOCK_TITLE_PX, 0.62 * stage_h)
+                   for d, v in shown if isinstance(v, ImageGridView)}
+        others = len(docks) - len(imaging)
+        rest = max(stage_h - sum(imaging.values()), 200 * others) / max(others, 1)
+        self.stage.resizeDocks(docks, [round(imaging.get(d, rest)) for d in docks], Qt.Orientation.Vertical)
 
     # ---- the pull loop ------------------------------------------------------------------
     def _refresh_views(self) -> None:
@@ -174,6 +196,9 @@ class MainWindow(QMainWindow):
 
     def _on_stats(self, st) -> None:
         self.metrics.update_stats(st)
+        setup = setup_line(st)
+        if setup != self.setup_label.text():
+            self.setup_label.setText(setup)
         for _, view in self.views.values():
             if isinstance(view, ImageGridView):
                 view.set_titles(st.engines)

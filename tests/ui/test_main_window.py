@@ -61,23 +61,6 @@ def all_panels_show_data(w) -> bool:
     return images_ok and curves_ok
 
 
-def test_window_opens_on_the_default_session_and_fills_every_panel_within_5s(qtbot):
-    from ui.app import build_window
-
-    make_app()
-    w = build_window()  # the embedded default session: 128x128 CEUS + Lorenz
-    qtbot.addWidget(w)
-    w.show()
-    try:
-        qtbot.waitUntil(lambda: all_panels_show_data(w), timeout=5000)
-        grid = imaging(w)
-        assert list(grid.panels) == ["input", "svd-filter", "truth"]
-        assert grid.panels["input"].data.shape == (128, 128)
-        assert list(tracking(w).trackers) == ["ekf"]
-    finally:
-        w.close()
-
-
 def test_switching_engines_at_run_time_rebuilds_the_panels(window, qtbot):
     w = window()
     qtbot.waitUntil(lambda: all_panels_show_data(w), timeout=10000)
@@ -180,7 +163,7 @@ def test_a_chained_super_resolution_engine_shows_its_live_map_over_the_input(win
     assert live_map.data.shape == (128, 128)  # 8x the 16 x 16 frames
     rect = live_map.img.mapRectToParent(live_map.img.boundingRect())
     assert (rect.width(), rect.height()) == pytest.approx((16, 16))  # drawn over the input's area
-    assert live_map.label.text.startswith("ulm-fista.map")
+    assert "ulm-fista.map" in live_map.label.text
 
 
 def test_closing_a_window_right_after_opening_leaves_no_callback_on_the_dead_window(window, qtbot):

@@ -59,6 +59,7 @@ class ControlPanel(QWidget):
         src_box = QGroupBox("Sources")
         sl = QVBoxLayout(src_box)
         self.sources = QListWidget()
+        self.sources.setMaximumHeight(110)  # a few sources; the engines below get the height
         sl.addWidget(self.sources)
         add = QHBoxLayout()
         self.new_uri = QLineEdit()
@@ -67,7 +68,7 @@ class ControlPanel(QWidget):
         add.addWidget(self.new_uri, 1)
         add.addWidget(self.add_btn)
         sl.addLayout(add)
-        lay.addWidget(src_box, 1)
+        lay.addWidget(src_box)
 
         eng_box = QGroupBox("Engines")
         el = QVBoxLayout(eng_box)
@@ -78,7 +79,7 @@ class ControlPanel(QWidget):
         el.addWidget(self.engines)
         self.apply_btn = QPushButton("Apply sources and engines")
         el.addWidget(self.apply_btn)
-        lay.addWidget(eng_box, 2)
+        lay.addWidget(eng_box, 1)
 
         self.replay_box = QGroupBox("Replay")
         rl = QVBoxLayout(self.replay_box)
@@ -145,6 +146,8 @@ class ControlPanel(QWidget):
     def _refresh_source_combos(self) -> None:
         names = [AUTO_SOURCE, *self._source_names()]
         for r in range(self.engines.rowCount()):
+            if self._engine_row(r).get("input"):
+                continue  # a chained engine reads its input engine, not a source
             combo: QComboBox = self.engines.cellWidget(r, 1)
             cur = combo.currentText()
             combo.clear()
@@ -161,21 +164,25 @@ class ControlPanel(QWidget):
         names = {s.name for s in sources}
         engines_ = []
         for r in range(self.engines.rowCount()):
-            box: QCheckBox = self.engines.cellWidget(r, 0)
-            if not box.isChecked():
+            if not self.engines.cellWidget(r, 0).isChecked():
+                continue
+            row = {**self._engine_row(r), "backend": self.engines.cellWidget(r, 2).currentText()}
+            if row.get("input"):  # a chained engine runs after its input, and only with it
+                if row["input"] in {e.label for e in engines_}:
+                    engines_.append(EngineConfig(**row))
                 continue
             src = self.engines.cellWidget(r, 1).currentText()
-            backend = self.engines.cellWidget(r, 2).currentText()
-            params = box.property("params") or {}
-            engines_.append(EngineConfig(name=box.text(), source=src if src in names else None,
-                                         backend=backend, params=params))
+            engines_.append(EngineConfig(**{**row, "source": src if src in names else None}))
         return SessionConfig(sources=sources, engines=engines_)
 
-    def set_engine_checked(self, name: str, checked: bool) -> None:
+    def _engine_row(self, r: int) -> dict:
+        """The engine config a row started from (its name, id, input, hop, params)."""
+        return self.engines.cellWidget(r, 0).property("engine")
+
+    def set_engine_checked(self, label: str, checked: bool) -> None:
         for r in range(self.engines.rowCount()):
-            box = self.engines.cellWidget(r, 0)
-            if box.text() == name:
-                box.setChecked(checked)
+            if EngineConfig(**self._engine_row(r)).label == label:
+                self.engines.cellWidget(r, 0).setChecked(checked)
 
     # ---- state -------------------------------------------------------------------------
     def sync(self) -> None:
@@ -184,27 +191,35 @@ class ControlPanel(QWidget):
         self.sources.clear()
         for sc in cfg.sources:
             self._add_source_item(sc, True)
-        chosen = {e.name: e for e in cfg.engines}
-        entries = [e for e in catalog() if e.kind in ("frames", "samples")]
-        self.engines.setRowCount(len(entries))
-        for r, entry in enumerate(entries):
-            box = QCheckBox(entry.name)
-            ec = chosen.get(entry.name)
-            box.setChecked(ec is not None)
-            box.setProperty("params", dict(ec.params) if ec else {})
-            fam = entry.info.family if entry.info else entry.error
-            box.setToolTip(f"{entry.kind} engine · {fam}")
+        # the session's engines first, in its order (a chained engine after its input), checked;
+        # then every other engine that runs live, unchecked
+        configured = {e.name for e in cfg.engines}
+        catalog_ = {e.name: e for e in catalog()}
+        rows = [(ec, True) for ec in cfg.engines] + [
+            (EngineConfig(name=e.name), False) for e in catalog_.values()
+            if e.kind in ("frames", "samples") and e.name not in configured]
+        self.engines.setRowCount(len(rows))
+        for r, (ec, checked) in enumerate(rows):
+            box = QCheckBox(ec.label if ec.id is None else f"{ec.label} ({ec.name})")
+            box.setChecked(checked)
+            box.setProperty("engine", ec.model_dump(exclude_none=True))
+            entry = catalog_.get(ec.name)
+            fam = (entry.info.family if entry.info else entry.error) if entry else ""
+            kind = f"{entry.kind} engine · {fam}" if entry else ec.name
+            box.setToolTip(f"{kind} · reads {ec.input}'s output frames" if ec.input else kind)
             self.engines.setCellWidget(r, 0, box)
             src = QComboBox()
+            if ec.input:
+                src.addItem(f"← {ec.input}")
+                src.setEnabled(False)
             self.engines.setCellWidget(r, 1, src)
             backend = QComboBox()
             backend.addItems(list(BACKENDS))
-            backend.setCurrentText(ec.backend if ec else "auto")
+            backend.setCurrentText(ec.backend)
             self.engines.setCellWidget(r, 2, backend)
         self._refresh_source_combos()
-        for r, entry in enumerate(entries):
-            ec = chosen.get(entry.name)
-            if ec and ec.source:
+        for r, (ec, _) in enumerate(rows):
+            if ec.source:
                 self.engines.cellWidget(r, 1).setCurrentText(ec.source)
         self.sync_state()
 

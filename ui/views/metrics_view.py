@@ -8,7 +8,15 @@ import math
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ui.theme import ERROR
 
@@ -30,6 +38,7 @@ def _table(cols: list[str]) -> QTableWidget:
     # costs tens of milliseconds on the GUI thread.
     t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
     t.setAlternatingRowColors(True)
+    t.setMinimumHeight(48)  # a header and a row: the dock may stay low under the views
     return t
 
 
@@ -39,11 +48,14 @@ class MetricsView(QWidget):
         self.engines = _table(ENGINE_COLS)
         self.sources = _table(SOURCE_COLS)
         self.summary = QLabel("no session")
+        # the tables side by side: the dock stays low under the views and still shows rows
+        tables = QHBoxLayout()
+        tables.addWidget(self.engines, 3)
+        tables.addWidget(self.sources, 2)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)
         lay.addWidget(self.summary)
-        lay.addWidget(self.engines, 3)
-        lay.addWidget(self.sources, 2)
+        lay.addLayout(tables, 1)
 
     @staticmethod
     def _fill(table: QTableWidget, rows: list[list[str]], bad: list[bool]) -> None:
