@@ -57,10 +57,16 @@ class Engine(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Estimate:
-    """A tracker's filtered estimate: mean (N, n), cov (N, n, n) or None if unknown."""
+    """A tracker's filtered estimate: mean (N, n), cov (N, n, n) or None if unknown.
+
+    gated (N,) bool: True where the track's observation was not used (missing, or an
+    outlier its gate rejected; engines/tracking/gating.py) and the estimate is the
+    prediction; None from engines that do not gate.
+    """
 
     mean: np.ndarray
     cov: np.ndarray | None = None
+    gated: np.ndarray | None = None
 
 
 @runtime_checkable
@@ -69,8 +75,11 @@ class TrackerEngine(Protocol):
 
     `reset(n, z0)` starts n independent tracks from z0 (N, state_dim) or the model's
     prior. `step(x)` consumes observations (N, m) float64 and returns the filtered
-    Estimate at that time. Model-based filters and KalmanNet implement the same
-    interface, so the GUI overlays them without knowing which is which.
+    Estimate at that time. A row of x with NaN/inf (a missing reading) or one the
+    tracker's outlier gate rejects is not used: that track predicts through and its
+    `Estimate.gated` is True, so one bad reading never ends a track. Model-based filters
+    and KalmanNet implement the same interface, so the GUI overlays them without knowing
+    which is which.
     """
 
     info: EngineInfo

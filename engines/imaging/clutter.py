@@ -65,6 +65,8 @@ class ClutterEngine:
         if x.ndim != 5 or x.shape[1] != self.window or x.shape[2] != 2:
             raise EngineInputError(f"{self.info.name}: expected (N, {self.window}, 2, H, W) I/Q windows, "
                                    f"got {x.shape}")
+        if x.shape[0] == 0:
+            raise EngineInputError(f"{self.info.name}: got an empty batch {x.shape}; expected N >= 1 inputs")
         check_finite(self.info.name, x)
         with torch.no_grad():
             S = self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))

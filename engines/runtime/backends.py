@@ -74,8 +74,11 @@ def _is_tracker(art) -> bool:
 
 
 def _tracker_parts(art, torch_engine: Callable[[], Any]):
-    """(state names, init_state(n, z0) -> numpy tuple, has_cov) of a tracker artifact, from its module."""
+    """(state names, init_state(n, z0) -> numpy tuple, has_cov, outlier gate) of a tracker
+    artifact, from its module."""
     import torch
+
+    from engines.tracking.gating import LearnedGate
 
     module = getattr(torch_engine(), "module", None)
     if module is None or not hasattr(module, "init_state"):
@@ -86,7 +89,8 @@ def _tracker_parts(art, torch_engine: Callable[[], Any]):
         with torch.inference_mode():
             return tuple(s.float().numpy() for s in module.init_state(n, z))
 
-    return tuple(module.state_names), init_state, bool(getattr(module, "has_cov", False))
+    return (tuple(module.state_names), init_state, bool(getattr(module, "has_cov", False)),
+            LearnedGate(module, _name(art)))
 
 
 def onnxruntime_engine(art, torch_engine: Callable[[], Any], device: str | None = None):

@@ -154,12 +154,15 @@ def fits(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
 
 
 def checked_input(info: EngineInfo, x: np.ndarray) -> np.ndarray:
-    """`x` as an array of batch elements shaped `info.in_shape`, finite; EngineInputError naming
-    the engine otherwise (the check every runtime engine makes before running its graph)."""
+    """`x` as an array of N >= 1 batch elements shaped `info.in_shape`, finite; EngineInputError
+    naming the engine otherwise (the check every runtime engine makes before running its graph:
+    an empty batch would fail inside the graph, e.g. in a Reshape of N = 0)."""
     x = np.asarray(x)
     if x.ndim < 1 or not fits(x.shape[1:], info.in_shape):
         raise EngineInputError(f"{info.name}: expected input (N, {', '.join(map(str, info.in_shape))}), "
                                f"got {x.shape}")
+    if x.shape[0] == 0:
+        raise EngineInputError(f"{info.name}: got an empty batch {x.shape}; expected N >= 1 inputs")
     check_finite(info.name, x)
     return x
 
@@ -206,6 +209,8 @@ class OrtTrackerEngine:
 
     `init_state(n, z0)` gives the state at reset (float32 numpy arrays, batch first);
     `has_cov` False means the graph's cov output is zeros and `step` returns cov=None.
+    `gate` (engines.tracking.gating.LearnedGate of the artifact's module) screens each
+    step: a missing or outlying observation is not used and its track predicts through.
     """
 
     def __init__(
@@ -215,11 +220,13 @@ class OrtTrackerEngine:
         state_names: tuple[str, ...],
         init_state: Callable[[int, np.ndarray | None], tuple[np.ndarray, ...]],
         has_cov: bool,
+        gate,
     ) -> None:
         self.info = info
         self.session = session
         self.state_names = state_names
         self.has_cov = has_cov
+        self.gate = gate
         self._init_state = init_state
         self._outputs = ["mean", "cov", *(f"next_{n}" for n in state_names)]
         self._on_device = session.get_providers()[0] != CPU_PROVIDER
@@ -244,9 +251,14 @@ class OrtTrackerEngine:
             )
         self._state = tuple(np.ascontiguousarray(s, dtype=np.float32) for s in state)
         if self._on_device:
-            ort = _ort()
-            self._state = tuple(ort.OrtValue.ortvalue_from_numpy(s, "cuda", 0) for s in self._state)
+            self._state = self._to_device(self._state)
+        self.gate.reset(n)
         self._n = n
+
+    @staticmethod
+    def _to_device(state) -> tuple[Any, ...]:
+        ort = _ort()
+        return tuple(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(s), "cuda", 0) for s in state)
 
     def step(self, x: np.ndarray) -> Estimate:
         if self._state is None:
@@ -257,20 +269,28 @@ class OrtTrackerEngine:
                 f"{self.info.name}: expected observations ({self._n}, "
                 f"{', '.join(map(str, self.info.in_shape))}), got {x.shape}"
             )
-        check_finite(self.info.name, x)
-        y = np.ascontiguousarray(x, dtype=np.float32)
+        import torch
+
+        from engines.tracking.gating import observation_rows
+
+        y, finite = observation_rows(x, np.float32)
         if self._on_device:
-            mean, cov, *state = self._step_bound(y)
+            mean, cov, *out = self._step_bound(y)
+            state, nxt = [s.numpy() for s in self._state], [s.numpy() for s in out]
         else:
-            mean, cov, *state = self.session.run(
+            mean, cov, *nxt = self.session.run(
                 self._outputs, {"y": y, **dict(zip(self.state_names, self._state, strict=True))}
             )
-        if not (np.isfinite(mean).all() and np.isfinite(cov).all()):
-            raise EngineError(
-                f"{self.info.name}: the estimate became non-finite; the tracker state is unchanged"
-            )
-        self._state = tuple(state)
-        return Estimate(mean=mean.astype(np.float64), cov=cov.astype(np.float64) if self.has_cov else None)
+            state = self._state
+        with torch.inference_mode():
+            t = torch.from_numpy
+            mean, cov, nxt, gated = self.gate(t(y), finite, [t(s) for s in state], t(mean), t(cov),
+                                              [t(s) for s in nxt])
+        if not self._on_device:
+            self._state = tuple(s.numpy() for s in nxt)
+        else:
+            self._state = self._to_device(s.numpy() for s in nxt) if gated.any() else tuple(out)
+        return Estimate(mean=mean, cov=cov if self.has_cov else None, gated=gated)
 
     def _step_bound(self, y: np.ndarray) -> list[Any]:
         """One step with I/O binding: state in and out as device OrtValues, mean and cov to the host."""

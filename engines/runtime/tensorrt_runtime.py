@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import EngineInfo, Estimate, check_finite
+from engines.base import EngineInfo, Estimate
 from engines.errors import ArtifactError, BackendUnavailable, EngineError, EngineInputError
 from engines.runtime.cache import cache_dir, cache_key, engine_key
 from engines.runtime.onnxruntime_runtime import checked_input
@@ -243,15 +243,21 @@ class TrtEngine:
 
 
 class TrtTrackerEngine:
-    """TrackerEngine on TensorRT: the one-step graph; the recurrent state stays on the GPU."""
+    """TrackerEngine on TensorRT: the one-step graph; the recurrent state stays on the GPU.
+
+    `gate` (engines.tracking.gating.LearnedGate of the artifact's module) screens each step
+    on the host: a missing or outlying observation is not used and its track predicts through.
+    """
 
     def __init__(
-        self, info: EngineInfo, graph: TrtGraph, state_names: tuple[str, ...], init_state, has_cov: bool
+        self, info: EngineInfo, graph: TrtGraph, state_names: tuple[str, ...], init_state, has_cov: bool,
+        gate,
     ) -> None:
         self.info = info
         self.graph = graph
         self.state_names = state_names
         self.has_cov = has_cov
+        self.gate = gate
         self._init_state = init_state
         self._state: tuple[Any, ...] | None = None
         self._n = 0
@@ -265,6 +271,7 @@ class TrtTrackerEngine:
         self._state = tuple(
             torch.as_tensor(np.asarray(s, dtype=np.float32)).to("cuda") for s in self._init_state(n, z0)
         )
+        self.gate.reset(n)
         self._n = n
 
     def step(self, x: np.ndarray) -> Estimate:
@@ -277,15 +284,18 @@ class TrtTrackerEngine:
                 f"{self.info.name}: expected observations ({self._n}, "
                 f"{', '.join(map(str, self.info.in_shape))}), got {x.shape}"
             )
-        check_finite(self.info.name, x)
-        feeds = {
-            "y": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to("cuda"),
-            **dict(zip(self.state_names, self._state, strict=True)),
-        }
+        from engines.tracking.gating import observation_rows
+
+        y, finite = observation_rows(x, np.float32)
+        y = torch.from_numpy(y)
+        feeds = {"y": y.to("cuda"), **dict(zip(self.state_names, self._state, strict=True))}
         out = self.graph.run(feeds)
         # the output buffers are reused by the next call: the next state must be a copy
-        self._state = tuple(out[f"next_{n}"].clone() for n in self.state_names)
-        mean = out["mean"].double().cpu().numpy()
-        if not np.isfinite(mean).all():
-            raise EngineError(f"{self.info.name}: the estimate became non-finite")
-        return Estimate(mean=mean, cov=out["cov"].double().cpu().numpy() if self.has_cov else None)
+        nxt = [out[f"next_{n}"].clone() for n in self.state_names]
+        with torch.inference_mode():
+            mean, cov, held, gated = self.gate(
+                y, finite, [s.float().cpu() for s in self._state], out["mean"].float().cpu(),
+                out["cov"].float().cpu(), [s.float().cpu() for s in nxt],
+            )
+        self._state = tuple(s.to("cuda") for s in held) if gated.any() else tuple(nxt)
+        return Estimate(mean=mean, cov=cov if self.has_cov else None, gated=gated)

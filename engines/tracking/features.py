@@ -95,3 +95,13 @@ class FeatureTracker(nn.Module):
 
     def step(self, state: tuple[Tensor, ...], y: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
         return self.tracker.step(state, self.encoder(y))
+
+    def innovation(self, y: Tensor, state: tuple[Tensor, ...], next_state: tuple[Tensor, ...]) -> Tensor:
+        """The tracker's innovation in feature space (its next state holds the features z_t)."""
+        return self.tracker.innovation(y, state, next_state)
+
+    def coast(self, *state: Tensor) -> tuple[Tensor, ...]:
+        return self.tracker.coast(*state)
+
+    def observation_noise(self) -> Tensor:
+        return self.tracker.observation_noise()

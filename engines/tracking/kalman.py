@@ -21,6 +21,8 @@ The UKF replaces the linearization by the unscented transform of 2n+1 scaled sig
 points (Wan & van der Merwe 2000): means and covariances are weighted sums over the
 points pushed through f and h. Example 13's filter learns V (= Q) and W (= R) as
 Cholesky factors by backpropagation through time through the KF.
+Each engine step tests y_t against the chi-square gate on d_t = dy' S^-1 dy, which the
+updates return with x_{t|t}, P_{t|t}: a missing or outlying y_t is not used (gating.py).
 Anchor: EKF -10.45 dB at nu = -20 dB, 1/r2 = 0 dB (ANCHORS "Tracking").
 """
 
@@ -35,6 +37,7 @@ from torch import nn
 
 from engines.base import EngineInfo, Estimate, check_finite
 from engines.errors import BackendUnavailable, EngineError, EngineInputError
+from engines.tracking.gating import filter_gate, keep_where, observation_rows
 from engines.tracking.ssm import DEFAULT_Q2, LinearSSM, LorenzSSM, StateSpaceModel, random_walk
 
 # Added to c P when its Cholesky factor fails (P singular: a known x0, P0 = 0).
@@ -58,14 +61,17 @@ def ekf_predict(ssm: StateSpaceModel, x: torch.Tensor, P: torch.Tensor):
 
 
 def ekf_update(ssm: StateSpaceModel, x: torch.Tensor, P: torch.Tensor, y: torch.Tensor):
-    """x_{t|t}, P_{t|t} from the prior (N, n), (N, n, n) and the observation y_t (N, m)."""
+    """x_{t|t}, P_{t|t} from the prior (N, n), (N, n, n) and the observation y_t (N, m), and the
+    normalized innovation squared d_t = dy' S^-1 dy (N,) that the outlier gate tests (gating.py)."""
     y_hat, H = ssm.linearize_h(x)  # y_hat = h(x), H = dh/dx at the prior
     PHt = P @ H.mT
     S = torch.baddbmm(ssm.R, H, PHt)  # S = H P H' + R
-    K = torch.linalg.solve_ex(S, PHt.mT)[0].mT  # K = P H' S^-1  (S symmetric)
-    x = x + (K @ ssm.innovation(y, y_hat).unsqueeze(-1)).squeeze(-1)  # x = x + K (y - h(x))
+    dy = ssm.innovation(y, y_hat)  # y - h(x)
+    Z = torch.linalg.solve_ex(S, torch.cat((PHt.mT, dy.unsqueeze(-1)), -1))[0]  # S^-1 [H P, dy]
+    K = Z[..., :-1].mT  # K = P H' S^-1  (S symmetric)
+    x = x + (K @ dy.unsqueeze(-1)).squeeze(-1)  # x = x + K (y - h(x))
     P = torch.baddbmm(P, K, PHt.mT, alpha=-1.0)  # P = (I - K H) P = P - K S K'
-    return x, 0.5 * (P + P.mT)  # symmetric to rounding, so it stays a covariance
+    return x, 0.5 * (P + P.mT), (dy * Z[..., -1]).sum(-1)  # P symmetric to rounding; d = dy' S^-1 dy
 
 
 class GaussianFilter:
@@ -73,10 +79,12 @@ class GaussianFilter:
 
     reset(n, z0): n tracks starting at z0 (n, state_dim) or the prior mean x0, with
     covariance P0. step(y): y (N, m) float64 observations at time t -> Estimate of
-    x_{t|t} (N, n) and P_{t|t} (N, n, n), fresh numpy arrays. Raises EngineInputError
-    on a wrong shape or a non-finite y, EngineError if the estimate itself turns
-    non-finite; either way the filter state is left unchanged. Subclasses set `name`
-    and implement `filter_step` (one predict + update on torch tensors).
+    x_{t|t} (N, n) and P_{t|t} (N, n, n), fresh numpy arrays, and `gated` (N,): a track
+    whose y is missing (NaN/inf) or fails the chi-square gate on its innovation
+    (gating.py) is not updated, its estimate is the prediction x_{t|t-1}, P_{t|t-1}.
+    Raises EngineInputError on a wrong shape, EngineError if the prediction or (S
+    singular) the update itself turns non-finite; either way the filter state is left
+    unchanged. Subclasses set `name` and implement `predict` and `update` (torch).
     """
 
     name = "gaussian-filter"
@@ -91,6 +99,7 @@ class GaussianFilter:
             name=self.name, family="model-based", task="tracking", backend="torch", window=1,
             in_shape=(ssm.m,), out_shape=(ssm.n,), n_params=0,
         )
+        self.gate = filter_gate(ssm.m)
         self.reset(1)
 
     def reset(self, n: int = 1, z0: np.ndarray | None = None) -> None:
@@ -106,31 +115,43 @@ class GaussianFilter:
             check_finite(self.name, z0)
             self.x = torch.from_numpy(z0.copy())
         self.P = self.P0.expand(n, -1, -1).clone()
+        self.gate.reset(n)
 
     @property
     def n(self) -> int:
         """Number of tracks."""
         return self.x.shape[0]
 
-    def filter_step(self, x: torch.Tensor, P: torch.Tensor, y: torch.Tensor):
-        """x_{t|t}, P_{t|t} from x_{t-1|t-1}, P_{t-1|t-1} and y_t."""
+    def predict(self, x: torch.Tensor, P: torch.Tensor):
+        """x_{t|t-1}, P_{t|t-1} from x_{t-1|t-1}, P_{t-1|t-1}."""
+        raise NotImplementedError
+
+    def update(self, x: torch.Tensor, P: torch.Tensor, y: torch.Tensor):
+        """x_{t|t}, P_{t|t} and d_t = dy' S^-1 dy (N,) from x_{t|t-1}, P_{t|t-1} and y_t."""
         raise NotImplementedError
 
     def step(self, y: np.ndarray) -> Estimate:
-        """Filter one observation per track: y (N, m) -> Estimate(x_{t|t}, P_{t|t})."""
+        """Filter one observation per track: y (N, m) -> Estimate(x_{t|t}, P_{t|t}, gated)."""
         y = np.asarray(y, dtype=np.float64)
         if y.shape != (self.n, self.ssm.m):
             raise EngineInputError(f"{self.name}: expected y of shape ({self.n}, {self.ssm.m}), "
                                    f"got {y.shape}")
-        check_finite(self.name, y)
+        y, finite = observation_rows(y)
         with torch.inference_mode():
-            x, P = self.filter_step(self.x, self.P, torch.from_numpy(y))
-        mean, cov = x.numpy().copy(), P.numpy().copy()
-        if not (np.isfinite(mean).all() and np.isfinite(cov).all()):
+            x_prior, P_prior = self.predict(self.x, self.P)
+            x, P, nis = self.update(x_prior, P_prior, torch.from_numpy(y))
+        if not (torch.isfinite(x_prior).all() and torch.isfinite(P_prior).all()):
+            raise EngineError(f"{self.name}: the prediction became non-finite (the state diverged); "
+                              "the filter state is unchanged")
+        if (finite & ~torch.isfinite(P).all(-1).all(-1).numpy()).any():  # P_{t|t} does not depend on y
             raise EngineError(f"{self.name}: the estimate became non-finite (singular S = H P H' + R? "
                               "r2 = 0 with a collapsed P); the filter state is unchanged")
+        gated = self.gate(nis.numpy()[:, None] / self.ssm.m, finite)
+        if gated.any():
+            x, P = keep_where(gated, x_prior, x), keep_where(gated, P_prior, P)
+        mean, cov = x.numpy().copy(), P.numpy().copy()
         self.x, self.P = x, P
-        return Estimate(mean=mean, cov=cov)
+        return Estimate(mean=mean, cov=cov, gated=gated)
 
 
 class ExtendedKalmanFilter(GaussianFilter):
@@ -138,8 +159,10 @@ class ExtendedKalmanFilter(GaussianFilter):
 
     name = "ekf"
 
-    def filter_step(self, x, P, y):
-        x, P = ekf_predict(self.ssm, x, P)
+    def predict(self, x, P):
+        return ekf_predict(self.ssm, x, P)
+
+    def update(self, x, P, y):
         return ekf_update(self.ssm, x, P, y)
 
 
@@ -208,7 +231,8 @@ def ukf_predict(ssm: StateSpaceModel, x: torch.Tensor, P: torch.Tensor, W: Sigma
 
 def ukf_update(ssm: StateSpaceModel, x: torch.Tensor, P: torch.Tensor, y: torch.Tensor,
                W: SigmaWeights):
-    """x_{t|t}, P_{t|t}: sigma points redrawn from the prior N(x, P), pushed through h."""
+    """x_{t|t}, P_{t|t} and d_t = e' S^-1 e (N,): sigma points redrawn from the prior N(x, P),
+    pushed through h."""
     N, n = x.shape
     sig = sigma_points(x, P, W.c)
     sig_h = ssm.h(sig.view(-1, n)).view(N, sig.shape[1], -1)  # gamma = h(chi)
@@ -218,10 +242,12 @@ def ukf_update(ssm: StateSpaceModel, x: torch.Tensor, P: torch.Tensor, y: torch.
     dy = _residual(ssm, sig_h, y_hat)
     S = _weighted_cov(W.Wc, dy, dy) + ssm.R  # S = sum Wc (gamma - y_hat)(.)' + R
     Pxy = _weighted_cov(W.Wc, sig - x.unsqueeze(1), dy)  # P_xy = sum Wc (chi - x)(gamma - y_hat)'
-    K = torch.linalg.solve_ex(S, Pxy.mT)[0].mT  # K = P_xy S^-1
-    x = x + (K @ ssm.innovation(y, y_hat).unsqueeze(-1)).squeeze(-1)
+    e = ssm.innovation(y, y_hat)  # y - y_hat
+    Z = torch.linalg.solve_ex(S, torch.cat((Pxy.mT, e.unsqueeze(-1)), -1))[0]  # S^-1 [P_xy', e]
+    K = Z[..., :-1].mT  # K = P_xy S^-1
+    x = x + (K @ e.unsqueeze(-1)).squeeze(-1)
     P = P - K @ S @ K.mT  # P = P - K S K'
-    return x, 0.5 * (P + P.mT)
+    return x, 0.5 * (P + P.mT), (e * Z[..., -1]).sum(-1)  # d = e' S^-1 e
 
 
 class UnscentedKalmanFilter(GaussianFilter):
@@ -241,8 +267,10 @@ class UnscentedKalmanFilter(GaussianFilter):
         self.weights = merwe_weights(ssm.n, alpha, beta, kappa)
         super().__init__(ssm, x0, P0)
 
-    def filter_step(self, x, P, y):
-        x, P = ukf_predict(self.ssm, x, P, self.weights)
+    def predict(self, x, P):
+        return ukf_predict(self.ssm, x, P, self.weights)
+
+    def update(self, x, P, y):
         return ukf_update(self.ssm, x, P, y, self.weights)
 
 
@@ -289,7 +317,7 @@ class LearnedCovarianceKF(nn.Module):
         out = []
         for t in range(y.shape[1]):
             x, P = ekf_predict(model, x, P)  # exact KF predict/update on a linear model
-            x, P = ekf_update(model, x, P, y[:, t])
+            x, P, _ = ekf_update(model, x, P, y[:, t])
             out.append(x)
         return torch.stack(out, 1)
 

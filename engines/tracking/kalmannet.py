@@ -28,7 +28,9 @@ the covariance output is zeros.
 
 Runtime contract (engines/artifacts.py, "stateful tracker artifacts"): `state_names`,
 `init_state(n, z0)`, `step_tensors(y, *state) -> (mean, cov, *next_state)`, float32,
-batch-first, exportable to ONNX as one step. The same module also follows the trainer's
+batch-first, exportable to ONNX as one step; and for the outlier gate of every runtime
+(engines/tracking/gating.py): `innovation` of a step, `coast` (predict through: no y_t)
+and `observation_noise`. The same module also follows the trainer's
 recurrent contract (mbdl_app/training/bptt.py): `init_state(x)` takes the first chunk's
 inputs (only their batch size counts) and `step(state, y_t) -> (state, mean)`.
 f and h run in float64 (the ssm's), so the float32 network sees no rounding of the
@@ -211,3 +213,19 @@ class KalmanNet(nn.Module):
         """The trainer's recurrent step: (next state, x_{t|t}); no covariance."""
         x, _, state = self._filter(y, *state)
         return state, x
+
+    def innovation(self, y: Tensor, state: tuple[Tensor, ...], next_state: tuple[Tensor, ...]) -> Tensor:
+        """y_t - h(x_{t|t-1}) (N, m) of the step that gave `next_state` (which holds both)."""
+        _, _, x_prior, y_t, *_ = next_state
+        return self.ssm.innovation(y_t.double(), self.ssm.h(x_prior.double()))
+
+    def coast(self, x_post: Tensor, x_post_prev: Tensor, x_prior_prev: Tensor, y_prev: Tensor,
+              *hidden: Tensor) -> tuple[Tensor, ...]:
+        """A step without y_t: x_{t|t} = x_{t|t-1} = f(x_{t-1|t-1}), (mean, *next state). The gain
+        network does not run (its hidden state stays); h(x_{t|t-1}) stands in for y_t in F1."""
+        x_prior = self.f(x_post)
+        return (x_prior, x_prior, x_post, x_prior, self.h(x_prior), *hidden)
+
+    def observation_noise(self) -> Tensor:
+        """R's diagonal (m,): the innovation variance the model assumes before any is seen."""
+        return self.ssm.R.diagonal()

@@ -2,8 +2,10 @@
 
 `LearnedTracker` wraps any module that follows the stateful-tracker contract of
 engines/artifacts.py (`state_names`, `has_cov`, `init_state(n, z0)`,
-`step_tensors(y, *state) -> (mean, cov, *next_state)`): KalmanNet (both architectures),
-the GRU tracker, the model-based RNN and KalmanNet on CNN features of frames (Ex. 19).
+`step_tensors(y, *state) -> (mean, cov, *next_state)`, and for the outlier gate
+`innovation`, `coast`, `observation_noise`: gating.LearnedGate): KalmanNet (both
+architectures), the GRU tracker, the model-based RNN and KalmanNet on CNN features of
+frames (Ex. 19).
 The module is run in inference mode on torch, float32; the engine keeps the state
 between calls.
 
@@ -24,7 +26,8 @@ import torch
 from torch import nn
 
 from engines.base import EngineInfo, Estimate, Family, check_finite
-from engines.errors import BackendUnavailable, EngineError, EngineInputError
+from engines.errors import BackendUnavailable, EngineInputError
+from engines.tracking.gating import LearnedGate, observation_rows
 from engines.tracking.ssm import LorenzSSM
 
 
@@ -82,8 +85,10 @@ class LearnedTracker:
 
     reset(n, z0): n tracks from z0 (n, state dim) or the module's prior. step(y): y (N, m)
     -> Estimate(mean (N, n) float64, cov (N, n, n) float64 or None when the module has
-    none). Raises EngineInputError on a wrong shape or non-finite y, EngineError if the
-    estimate turns non-finite; either way the state is unchanged.
+    none, gated (N,)). A missing (non-finite) or outlying observation is not used: the
+    track predicts through (engines/tracking/gating.py). Raises EngineInputError on a
+    wrong shape, EngineError if the estimate turns non-finite; either way the state is
+    unchanged.
     """
 
     def __init__(self, name: str, family: Family, module: nn.Module) -> None:
@@ -94,6 +99,7 @@ class LearnedTracker:
             in_shape=(self.m,), out_shape=(self.n_state,),
             n_params=sum(p.numel() for p in module.parameters() if p.requires_grad),
         )
+        self.gate = LearnedGate(self.module, name)
         self.reset(1)
 
     def reset(self, n: int = 1, z0: np.ndarray | None = None) -> None:
@@ -109,6 +115,7 @@ class LearnedTracker:
             z0 = torch.from_numpy(z0).float()
         with torch.inference_mode():
             self.state = self.module.init_state(n, z0)
+        self.gate.reset(n)
         self.n = n
 
     def step(self, y: np.ndarray) -> Estimate:
@@ -117,15 +124,13 @@ class LearnedTracker:
         y = np.asarray(y, dtype=np.float64)
         if y.shape != (self.n, self.m):
             raise EngineInputError(f"{name}: expected y of shape ({self.n}, {self.m}), got {y.shape}")
-        check_finite(name, y)
+        y, finite = observation_rows(y, np.float32)
         with torch.inference_mode():
-            mean, cov, *state = self.module.step_tensors(torch.from_numpy(y).float(), *self.state)
-        mean = mean.numpy().astype(np.float64)
-        cov = cov.numpy().astype(np.float64) if self.module.has_cov else None
-        if not np.isfinite(mean).all() or (cov is not None and not np.isfinite(cov).all()):
-            raise EngineError(f"{name}: the estimate became non-finite; the tracker state is unchanged")
+            y = torch.from_numpy(y)
+            mean, cov, *state = self.module.step_tensors(y, *self.state)
+            mean, cov, state, gated = self.gate(y, finite, self.state, mean, cov, state)
         self.state = tuple(state)
-        return Estimate(mean=mean, cov=cov)
+        return Estimate(mean=mean, cov=cov if self.module.has_cov else None, gated=gated)
 
 
 def engine_from_artifact(art, *, backend: str = "auto") -> LearnedTracker:

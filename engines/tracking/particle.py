@@ -16,6 +16,11 @@ seeded and re-seeded by reset, so a run is reproducible. With no process noise (
 the particles collapse onto one after a few resamplings: the builders use DEFAULT_Q2
 when the data have none, as the EKF does.
 
+The outlier gate (gating.py) tests y_t against the particles' predictive distribution
+before weighting: y_hat = mean_i h(x^(i)), S = cov_i h(x^(i)) + R, d_t = (y_t - y_hat)'
+S^-1 (y_t - y_hat) against chi2(m). A gated (or missing) y_t leaves the propagated
+particles equally weighted: the estimate is the prediction.
+
 Anchor: PF -5.337 dB, 62.9 s on the sampling-mismatch test (ANCHORS "Tracking").
 """
 
@@ -26,6 +31,7 @@ import torch
 
 from engines.base import EngineInfo, Estimate, check_finite
 from engines.errors import EngineError, EngineInputError
+from engines.tracking.gating import filter_gate, keep_where, observation_rows
 from engines.tracking.kalman import _prior, _torch_only, lorenz_model
 from engines.tracking.ssm import StateSpaceModel
 
@@ -56,8 +62,10 @@ class ParticleFilter:
 
     reset(n, z0) draws Np particles per track from N(z0 or x0, P0) and re-seeds the
     generator with `seed`; step(y) (N, m) -> Estimate(weighted mean (N, n), weighted
-    covariance (N, n, n)) before resampling. Errors as ExtendedKalmanFilter: a bad y
-    raises EngineInputError, a non-finite estimate EngineError; the state is unchanged.
+    covariance (N, n, n)) before resampling, and `gated` (N,): a missing or outlying y
+    (see the module docstring) is not used. Errors as ExtendedKalmanFilter: a y of the
+    wrong shape raises EngineInputError, a non-finite estimate EngineError; the state is
+    unchanged.
     """
 
     name = "pf"
@@ -79,6 +87,7 @@ class ParticleFilter:
             in_shape=(ssm.m,), out_shape=(ssm.n,), n_params=0,
         )
         self.generator = torch.Generator()
+        self.gate = filter_gate(ssm.m)
         self.reset(1)
 
     def reset(self, n: int = 1, z0: np.ndarray | None = None) -> None:
@@ -96,6 +105,7 @@ class ParticleFilter:
         self.generator.manual_seed(self.seed)
         eps = self._normal(n, self.ssm.n)
         self.particles = mean.unsqueeze(1) + eps @ self.L0.mT
+        self.gate.reset(n)
 
     @property
     def n(self) -> int:
@@ -105,14 +115,26 @@ class ParticleFilter:
     def _normal(self, n: int, d: int) -> torch.Tensor:
         return torch.randn(n, self.n_particles, d, generator=self.generator, dtype=torch.float64)
 
-    def filter_step(self, particles: torch.Tensor, y: torch.Tensor):
-        """(mean, cov, resampled particles) from the particles at t-1 and y_t (N, m)."""
+    def weigh(self, particles: torch.Tensor, y: torch.Tensor):
+        """Propagated particles x (N, Np, n), their weights w (N, Np) given y_t (N, m), and the
+        gate's d_t (N,) from the particles' predictive y_hat and S (module docstring)."""
         N, Np, n = particles.shape
         x = self.ssm.f(particles.reshape(N * Np, n))
         x = x.view(N, Np, n) + self._normal(N, n) @ self.L_Q.mT  # x = f(x) + w
-        e = self.ssm.innovation(y.repeat_interleave(Np, 0), self.ssm.h(x.view(N * Np, n)))
+        hx = self.ssm.h(x.view(N * Np, n))
+        e = self.ssm.innovation(y.repeat_interleave(Np, 0), hx)
         z = torch.linalg.solve_triangular(self.L_R, e.unsqueeze(-1), upper=False).view(N, Np, -1)
         w = torch.softmax(-0.5 * (z * z).sum(-1), 1)  # w ∝ exp(-1/2 e' R^-1 e)
+        e = e.view(N, Np, -1)
+        dy = e.mean(1)  # y - y_hat, y_hat = mean h(x) (through the innovation: wrapped angles)
+        dev = e - dy.unsqueeze(1)  # h(x) - y_hat, negated
+        S = dev.mT @ dev / Np + self.ssm.R  # S = cov h(x) + R
+        nis = (dy * torch.linalg.solve_ex(S, dy.unsqueeze(-1))[0].squeeze(-1)).sum(-1)
+        return x, w, torch.where(torch.isfinite(w).all(1), nis, torch.inf)
+
+    def resample(self, x: torch.Tensor, w: torch.Tensor):
+        """(weighted mean, weighted cov, resampled particles) of particles x with weights w."""
+        N, Np, n = x.shape
         mean = (w.unsqueeze(1) @ x).squeeze(1)
         dev = x - mean.unsqueeze(1)
         cov = (dev * w.unsqueeze(-1)).mT @ dev
@@ -121,22 +143,26 @@ class ParticleFilter:
         return mean, cov, torch.gather(x, 1, idx.unsqueeze(-1).expand(N, Np, n))
 
     def step(self, y: np.ndarray) -> Estimate:
-        """Filter one observation per track: y (N, m) -> Estimate(mean, cov)."""
+        """Filter one observation per track: y (N, m) -> Estimate(mean, cov, gated)."""
         y = np.asarray(y, dtype=np.float64)
         if y.shape != (self.n, self.ssm.m):
             raise EngineInputError(f"{self.name}: expected y of shape ({self.n}, {self.ssm.m}), "
                                    f"got {y.shape}")
-        check_finite(self.name, y)
+        y, finite = observation_rows(y)
         state = self.generator.get_state()
         with torch.inference_mode():
-            mean, cov, particles = self.filter_step(self.particles, torch.from_numpy(y))
+            x, w, nis = self.weigh(self.particles, torch.from_numpy(y))
+            gated = self.gate(nis.numpy()[:, None] / self.ssm.m, finite)
+            if gated.any():  # equal weights: the propagated particles are the prediction
+                w = keep_where(gated, torch.full_like(w, 1.0 / w.shape[1]), w)
+            mean, cov, particles = self.resample(x, w)
         mean, cov = mean.numpy().copy(), cov.numpy().copy()
         if not (np.isfinite(mean).all() and np.isfinite(cov).all()):
             self.generator.set_state(state)
             raise EngineError(f"{self.name}: the estimate became non-finite (r2 = 0?); "
                               "the filter state is unchanged")
         self.particles = particles
-        return Estimate(mean=mean, cov=cov)
+        return Estimate(mean=mean, cov=cov, gated=gated)
 
 
 def build_pf(

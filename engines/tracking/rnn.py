@@ -16,7 +16,10 @@ Both are the ends of the Kalman row in ARCHITECTURE.md that KalmanNet sits betwe
 `s` (scale) brings the Lorenz state (|x| up to ~50) near unit size. Both follow the
 stateful-tracker contract of engines/artifacts.py and the trainer's recurrent contract
 (init_state may take the first input chunk; step(state, y) -> (state, mean)); neither
-gives a covariance (has_cov False, cov zeros).
+gives a covariance (has_cov False, cov zeros). For the outlier gate (gating.py) each has
+an innovation and a coast: the model-based RNN's is y_t - h(f(x_{t-1})) and x_t = f(x_{t-1});
+the black box predicts nothing, so its gate compares y_t with h of its last estimate and a
+gated step holds that estimate.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ class RecurrentTracker(nn.Module):
         mean, _, *state = self.step_tensors(y, *state)
         return tuple(state), mean
 
+    def observation_noise(self) -> Tensor:
+        """R's diagonal (m,): the innovation variance the model assumes before any is seen."""
+        return self.ssm.R.diagonal()
+
 
 class GRUTracker(RecurrentTracker):
     """Black-box GRU: y_t -> x_t with no model (see the module docstring)."""
@@ -69,6 +76,15 @@ class GRUTracker(RecurrentTracker):
         x = self.scale * self.readout(h)
         return x, torch.zeros(x.shape[0], self.n, self.n), h
 
+    def innovation(self, y: Tensor, state: tuple[Tensor, ...], next_state: tuple[Tensor, ...]) -> Tensor:
+        """y_t - h(x_{t-1}): the last estimate stands in for the prediction a black box lacks."""
+        (h,) = state
+        return self.ssm.innovation(y.double(), self.ssm.h(self.scale * self.readout(h).double()))
+
+    def coast(self, h: Tensor) -> tuple[Tensor, ...]:
+        """A step without y_t: the last estimate, held."""
+        return self.scale * self.readout(h), h
+
 
 class ModelBasedRNN(RecurrentTracker):
     """x_t = f(x_{t-1}) + GRU increment (see the module docstring)."""
@@ -84,6 +100,16 @@ class ModelBasedRNN(RecurrentTracker):
     def init_state(self, n, z0: Tensor | None = None) -> tuple[Tensor, ...]:
         n, x = self.prior(n, z0)
         return x, torch.zeros(n, self.hidden)
+
+    def innovation(self, y: Tensor, state: tuple[Tensor, ...], next_state: tuple[Tensor, ...]) -> Tensor:
+        """y_t - h(f(x_{t-1}))."""
+        x, _ = state
+        return self.ssm.innovation(y.double(), self.ssm.h(self.ssm.f(x.double())))
+
+    def coast(self, x: Tensor, h: Tensor) -> tuple[Tensor, ...]:
+        """A step without y_t: x_t = f(x_{t-1}), the GRU's hidden state kept."""
+        x = self.ssm.f(x.double()).float()
+        return x, x, h
 
     def step_tensors(self, y: Tensor, x: Tensor, h: Tensor) -> tuple[Tensor, ...]:
         x_prior = self.ssm.f(x.double())  # x_{t|t-1} = f(x_{t-1})

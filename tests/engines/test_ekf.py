@@ -18,7 +18,7 @@ from drivers import open_source
 from drivers.sim.lorenz import LorenzParams, LorenzSimulator, lorenz_observe, lorenz_step
 from engines.base import Estimate, TrackerEngine
 from engines.errors import BackendUnavailable, EngineError, EngineInputError
-from engines.tracking.kalman import ExtendedKalmanFilter, build_ekf
+from engines.tracking.kalman import ExtendedKalmanFilter, build_ekf, ekf_predict
 from engines.tracking.ssm import DEFAULT_Q2, LorenzSSM
 
 OBS = ["identity", "rotated", "spherical"]
@@ -173,14 +173,16 @@ def test_returned_estimates_are_not_views_of_the_filter_state():
     assert np.isfinite(ekf.step(np.array([[1.0, 2.0, 3.0]])).mean).all()
 
 
-def test_nan_observation_raises_engine_input_error_and_keeps_the_state():
+def test_nan_observation_is_not_used_the_step_predicts_through_and_says_so():
     ekf = build_ekf()
     ekf.step(np.array([[1.0, 2.0, 3.0]]))
-    before = ekf.x.clone(), ekf.P.clone()
-    with pytest.raises(EngineInputError, match="ekf"):
-        ekf.step(np.array([[1.0, np.nan, 3.0]]))
-    torch.testing.assert_close(ekf.x, before[0], rtol=0, atol=0)
-    torch.testing.assert_close(ekf.P, before[1], rtol=0, atol=0)
+    with torch.inference_mode():
+        x_prior, P_prior = ekf_predict(ekf.ssm, ekf.x, ekf.P)
+    est = ekf.step(np.array([[1.0, np.nan, 3.0]]))
+    assert est.gated.tolist() == [True]
+    np.testing.assert_array_equal(est.mean, x_prior.numpy())
+    np.testing.assert_array_equal(est.cov, P_prior.numpy())
+    assert ekf.step(np.array([[1.0, 2.0, 3.0]])).gated.tolist() == [False]
 
 
 def test_wrong_observation_shape_raises_engine_input_error():

@@ -72,3 +72,13 @@ class TinyTracker(nn.Module):
         x_post = x_prior + (K @ innovation.unsqueeze(-1)).squeeze(-1)
         cov = K @ K.mT + 1e-3 * torch.eye(self.n)
         return x_post, cov, x_post, h
+
+    def innovation(self, y, state, next_state):  # the outlier gate's part of the contract
+        return y - state[0] @ self.F.mT
+
+    def coast(self, x, h):
+        x_prior = x @ self.F.mT
+        return x_prior, x_prior, h
+
+    def observation_noise(self):
+        return torch.full((self.m,), 0.25)

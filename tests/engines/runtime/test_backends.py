@@ -16,6 +16,7 @@ from engines.runtime import tensorrt_runtime as trt_rt
 from engines.runtime.backends import available_backends
 from engines.runtime.cache import engine_key
 from engines.runtime.onnx_export import ONNX_FILE, export_artifact, export_module
+from engines.tracking.gating import LearnedGate
 from mbdl_app.cli import parse_engine_spec
 
 from .conftest import TinyTracker, write_tiny_artifact
@@ -110,18 +111,23 @@ def test_the_backend_of_an_engine_spec_reaches_the_loaded_engine():
     assert engines.load(spec.name, backend="torch").info.backend == "torch"
 
 
-def test_onnxruntime_tracker_checks_its_inputs_and_keeps_state_on_errors(tmp_path):
+def tiny_tracker_on_onnxruntime(tmp_path):
     module = TinyTracker().eval()
     path = tmp_path / "tracker.onnx"
     export_module(module, {"input": {"shape": ["N", 2]}}, path, path)
     info = EngineInfo("tiny-tracker", "dnn-aided", "tracking", "onnxruntime", 1, (2,), (2,))
-    engine = ort_rt.OrtTrackerEngine(
+    return ort_rt.OrtTrackerEngine(
         info,
         ort_rt.open_session(path),
         module.state_names,
         lambda n, z0: tuple(s.numpy() for s in module.init_state(n)),
         True,
+        LearnedGate(module, "tiny-tracker"),
     )
+
+
+def test_onnxruntime_tracker_checks_its_inputs_and_keeps_state_on_errors(tmp_path):
+    engine = tiny_tracker_on_onnxruntime(tmp_path)
     with pytest.raises(EngineError, match="before reset"):
         engine.step(np.zeros((1, 2)))
     engine.reset(2)
@@ -132,6 +138,24 @@ def test_onnxruntime_tracker_checks_its_inputs_and_keeps_state_on_errors(tmp_pat
     first = engine.step(np.ones((2, 2)))
     engine.reset(2)
     assert np.array_equal(engine.step(np.ones((2, 2))).mean, first.mean)  # reset restarts the tracks
+
+
+def test_onnxruntime_tracker_predicts_through_a_missing_or_outlying_observation_and_says_so(tmp_path):
+    engine = tiny_tracker_on_onnxruntime(tmp_path)
+    engine.reset(2)
+    ys = np.cumsum(np.random.default_rng(0).normal(0, 0.5, (40, 2, 2)), axis=0)
+    for y in ys[:20]:
+        assert not engine.step(y).gated.any()
+    x = engine._state[0].copy()
+    bad = ys[20].copy()
+    bad[0] = 1e30  # track 0: an outlier; track 1: missing
+    bad[1, 1] = np.nan
+    est = engine.step(bad)
+    assert est.gated.tolist() == [True, True]
+    np.testing.assert_allclose(est.mean, x @ TinyTracker().F.numpy().T, rtol=1e-6)  # the prediction
+    for y in ys[21:]:  # the next good observations are filtered as usual
+        est = engine.step(y)
+        assert not est.gated.any() and np.isfinite(est.mean).all()
 
 
 def test_runtime_engine_info_takes_the_window_of_an_imaging_input_from_the_card():
@@ -166,3 +190,15 @@ def test_the_cpu_graph_optimization_level_is_measured_once_and_cached(exported, 
     record.write_text(json.dumps({**measured, "level": "ORT_ENABLE_BASIC"}))
     sha = json.loads((exported / CARD).read_text())["onnx"]["sha256"]
     assert ort_rt.cpu_level(exported / ONNX_FILE, sha, (20,)) == "ORT_ENABLE_BASIC"  # read, not re-measured
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_an_empty_batch_to_corona_is_a_one_line_engine_input_error(backend):
+    engine = engines.load("corona-ceus", backend=backend)
+    with pytest.raises(EngineInputError, match=r"^corona-ceus: got an empty batch \(0, 20, 2, 32, 32\)"):
+        engine(np.zeros((0, 20, 2, 32, 32), np.float32))
+
+
+def test_an_empty_batch_is_an_engine_input_error_on_onnxruntime(exported):
+    with pytest.raises(EngineInputError, match=r"tiny: got an empty batch \(0, 20\)"):
+        load_artifact(exported, "onnxruntime")(np.zeros((0, 20)))

@@ -42,6 +42,7 @@ from engines.runtime.backends import example_shape
 from engines.runtime.onnx_export import export_module
 from engines.runtime.onnxruntime_runtime import fits
 from engines.sparse_problem import SparseProblem
+from engines.tracking.gating import LearnedGate
 
 from .conftest import TinyTracker
 
@@ -172,7 +173,8 @@ def test_tiny_tracker_on_onnxruntime_matches_torch_over_100_steps(tmp_path):
         return tuple(s.numpy() for s in module.init_state(n, z))
 
     info = EngineInfo("tiny-tracker", "dnn-aided", "tracking", "onnxruntime", 1, (2,), (2,))
-    engine = ort_rt.OrtTrackerEngine(info, ort_rt.open_session(path), module.state_names, init_state, True)
+    engine = ort_rt.OrtTrackerEngine(info, ort_rt.open_session(path), module.state_names, init_state, True,
+                                     LearnedGate(module, "tiny-tracker"))
     ys = np.cumsum(np.random.default_rng(0).normal(0, 0.5, (STEPS, 3, 2)), axis=0)
     z0 = np.random.default_rng(1).normal(0, 1, (3, 2))
     means, covs = run_tracker(engine, ys, z0)
