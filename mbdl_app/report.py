@@ -68,14 +68,15 @@ def final_tables(st: SessionStatus, console: Console | None = None) -> None:
     if st.engines:
         eng = Table(title="Engines")
         cols = ("engine", "family", "backend", "state", "results", "fps", "p50 ms", "p95 ms",
-                "p99 ms", "e2e p99 ms", "skipped", "MSE dB", "SER")
+                "p99 ms", "e2e p99 ms", "skipped", "gated", "MSE dB", "SER")
         for col in cols:
             eng.add_column(col, justify="left" if col in cols[:4] else "right")
         for name, e in st.engines.items():
             eng.add_row(name, e["family"], e["backend"], e["state"], str(e["results"]),
                         _f(e["results"] / max(st.elapsed_s, 1e-9)), _f(e["latency_p50_ms"], ".2f"),
                         _f(e["latency_p95_ms"], ".2f"), _f(e["latency_p99_ms"], ".2f"),
-                        _f(e["e2e_p99_ms"], ".2f"), str(e["skipped"]), _f(e["mse_db_overall"], ".2f"),
+                        _f(e["e2e_p99_ms"], ".2f"), str(e["skipped"]), str(e["gated"]),
+                        _f(e["mse_db_overall"], ".2f"),
                         _f(e.get("ser_overall"), ".2e"))
         console.print(eng)
         for name, e in st.engines.items():

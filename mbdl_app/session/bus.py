@@ -38,6 +38,7 @@ class Result:
     cov: np.ndarray | None = None
     mse: float | None = None
     truth: dict[str, np.ndarray] = field(default_factory=dict)
+    gated: bool = False  # a tracker predicted through: its observation was missing or an outlier
     ser: float | None = None
 
     @property
@@ -63,6 +64,7 @@ class EngineStats:
     error: str = ""
     results: int = 0
     skipped: int = 0  # inputs that arrived while busy and were never processed
+    gated: int = 0  # tracker observations not used (missing or outliers): predicted through
     first_call_s: float = float("nan")
     compute: LatencyHistogram = field(default_factory=LatencyHistogram)
     e2e: LatencyHistogram = field(default_factory=LatencyHistogram)
@@ -75,7 +77,7 @@ class EngineStats:
         return {
             "engine": self.engine, "stream": self.stream, "family": self.family,
             "task": self.task, "backend": self.backend, "state": self.state,
-            "error": self.error, "results": self.results, "skipped": self.skipped,
+            "error": self.error, "results": self.results, "skipped": self.skipped, "gated": self.gated,
             "fps": self.rate.rate(now), "first_call_ms": 1e3 * self.first_call_s,
             "latency_p50_ms": c["p50_ms"], "latency_p95_ms": c["p95_ms"],
             "latency_p99_ms": c["p99_ms"], "latency_max_ms": c["max_ms"],
@@ -110,6 +112,7 @@ class ResultBus:
             st.state = "running"
             st.results += 1
             st.skipped += skipped
+            st.gated += r.gated
             st.compute.add(r.compute_latency)
             st.e2e.add(r.e2e_latency)
             st.rate.tick(r.t_end)

@@ -221,10 +221,11 @@ class TrackerWorker(EngineWorker):
             t_end = time.monotonic()
             mean = est.mean[0]
             cov = None if est.cov is None else est.cov[0]
+            gated = est.gated is not None and bool(est.gated[0])
             truth = s.truth.get(self.truth_key) if self.truth_key else None
             mse, ser = squared_error(mean, truth), None
             if self.alphabet is not None:
                 mse, ser = None, None if truth is None else symbol_error_rate(mean, truth, self.alphabet)
             skipped, self._dropped = self.queue.dropped - self._dropped, self.queue.dropped
             self._emit(Result(self.label, self.stream, s.index, s.t, mean,
-                              s.t_host, t_start, t_end, cov=cov, mse=mse, ser=ser), skipped)
+                              s.t_host, t_start, t_end, cov=cov, mse=mse, ser=ser, gated=gated), skipped)
