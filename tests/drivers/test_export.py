@@ -139,7 +139,7 @@ def test_tracks_csv_round_trip_joins_engines_on_the_sample_index(recording, tmp_
             assert row["kalmannet_0"] == ""
 
 
-def test_seq_mha_header_and_data_round_trip(recording, tmp_path):
+def test_seq_mha_export_writes_the_header_fields_and_every_frame_exactly(recording, tmp_path):
     out = export_seq_mha(recording["path"], "us", tmp_path / "us.seq.mha")
     raw = out.read_bytes()
     head, _, data = raw.partition(b"ElementDataFile = LOCAL\n")

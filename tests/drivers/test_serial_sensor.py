@@ -245,7 +245,7 @@ def test_opening_a_missing_port_is_a_source_error_naming_it(tmp_path):
         open_source(f"serial:{port}?baud=9600").open()
 
 
-def test_serial_uri_parameters(pty):
+def test_serial_uri_parameters_reach_the_source_and_bad_ones_are_errors_naming_them(pty):
     src = open_source(f"serial:{pty.port}?baud=57600&format=nmea&fields=2&rate=100")
     assert isinstance(src, SerialSensorSource)
     assert (src.port, src.baud, src.fmt, src.fields) == (pty.port, 57600, "nmea", 2)

@@ -127,7 +127,7 @@ def test_observation_models_give_three_values_per_state(obs):
     np.testing.assert_allclose(y, lorenz_observe(x, obs, 10.0))
 
 
-def test_observation_models_values():
+def test_identity_rotated_and_spherical_observations_have_their_closed_form_values():
     x = np.array([[3.0, 4.0, 12.0], [0.0, -2.0, 0.0]])
     np.testing.assert_array_equal(lorenz_observe(x, "identity"), x)
     rot = lorenz_observe(x, "rotated", 90.0)  # R_z R_y R_x by 90 degrees each: x -> (x3, x2, -x1)

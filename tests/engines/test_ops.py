@@ -155,7 +155,7 @@ def test_soft_threshold_is_the_prox_of_the_l1_norm_by_brute_force():
             assert float(out) == pytest.approx(float(brute), abs=1e-4)
 
 
-def test_soft_threshold_closed_form_and_per_entry_thresholds():
+def test_soft_threshold_matches_its_closed_form_with_per_entry_thresholds():
     z = torch.tensor([[-2.0, -0.5, 0.0, 0.5, 2.0]])
     theta = torch.tensor([1.0, 1.0, 1.0, 0.1, 0.1])
     torch.testing.assert_close(soft_threshold(z, theta), torch.tensor([[-1.0, 0.0, 0.0, 0.4, 1.9]]))

@@ -15,7 +15,7 @@ def test_default_session_runs_a_learned_engine_beside_its_baseline_in_each_modal
     assert [e.hop for e in cfg.engines[:2]] == [20, 20] and cfg.engines[0].params["window"] == 20
 
 
-def test_config_file_round_trip(tmp_path):
+def test_a_config_file_loads_its_sources_engines_and_params(tmp_path):
     p = tmp_path / "s.toml"
     p.write_text('[[sources]]\nname = "a"\nuri = "sim:lorenz"\n'
                  '[[engines]]\nname = "ekf"\nsource = "a"\nparams = { r2 = 0.5 }\n')

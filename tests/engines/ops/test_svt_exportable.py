@@ -82,7 +82,7 @@ def test_matrix_sign_and_inverse_sqrt_match_eigh():
     torch.testing.assert_close(inverse_sqrt(M), (Q * pos.rsqrt()) @ Q.mT, atol=1e-6, rtol=0)
 
 
-def test_top_eigenvalue_of_a_clutter_gram_matrix():
+def test_top_eigenvalue_of_the_gram_embedding_is_the_squared_top_singular_value():
     Z = clutter_like()
     estimate = top_eigenvalue(gram_embedding(Z.real, Z.imag))
     torch.testing.assert_close(estimate.sqrt(), torch.linalg.svdvals(Z)[:, 0], rtol=1e-6, atol=0)
