@@ -2,7 +2,9 @@
 
 The event-loop lag is measured by a precise 5 ms timer: each firing's delay beyond
 its period is time the loop was blocked (painting, pulling results, Python work).
-The display rate counts imaging-view updates that showed a new input frame.
+The display rate counts imaging-view updates that showed a new input frame: it can be
+no higher than the frame rate, so the check asks for 30/s or 90% of the fastest frame
+stream, whichever is lower.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ def run_gui_bench(out: Path, duration: float = 30.0, warmup: float = 3.0) -> int
     def second():
         imaging = [v.updates for v in views() if isinstance(v, ImageGridView)]
         per_second.append(sum(imaging))
+        if window.studio.session is not None:  # the last status of the run, for the report
+            state["status"] = window.studio.session.status()
+            state["frame_hz"] = max((s.info.rate_hz for s in window.studio.session.streams.values()
+                                     if s.info.kind == "frames"), default=0.0)
 
     timer = QTimer()
     timer.setTimerType(Qt.TimerType.PreciseTimer)
@@ -60,7 +66,8 @@ def run_gui_bench(out: Path, duration: float = 30.0, warmup: float = 3.0) -> int
     sec.start()
     QTimer.singleShot(int((duration + warmup) * 1000), app.quit)
     app.exec()
-    st = window.studio.session.status() if window.studio.session else None
+    st = state.get("status")
+    target = min(30.0, 0.9 * state.get("frame_hz", 0.0) or 30.0)
     window.close()
 
     lag_ms = 1e3 * np.asarray(lags)
@@ -77,7 +84,7 @@ def run_gui_bench(out: Path, duration: float = 30.0, warmup: float = 3.0) -> int
         "track_view_updates": int(tracks),
         "engines": st.engines if st else {}, "sources": st.sources if st else {},
         "checks": {
-            "display updates >= 30/s (median)": bool(np.median(rates) >= 30),
+            f"display updates >= {target:g}/s (median)": bool(np.median(rates) >= target),
             "event loop lag p99 <= 50 ms": bool(np.percentile(lag_ms, 99) <= 50),
         },
     }
