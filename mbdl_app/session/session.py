@@ -264,7 +264,8 @@ class Session:
                                                    self._record_result)
                     specs.append(ResultSpec(source, self.maps[ec.label].label, tuple(shape), None, info={
                         "name": info.name, "task": f"{MAP_TASK}-map", "of": ec.label,
-                        "meaning": "the sum of the engine's localization images so far"}))
+                        "meaning": "the sum of the engine's super-resolved images so far",
+                        "shape": list(shape)}))
             self._specs, self._artifacts = specs, artifacts
             self._wire()
             if self.record_path is not None:
