@@ -29,9 +29,10 @@ maximum before exp, so no factor overflows and the best state's factor is 1). Th
 log-domain recursion up to a per-step constant, and it lets the block be split in time:
 the block's B steps run as C chunks of K ~ sqrt(B) steps, the chunks in parallel, their
 boundary messages from the products of each chunk's K transition matrices (16 x 16) --
-exact, and 2K + C Python steps instead of B (a 500-symbol block: ~70 instead of 500; a
-sequential log-domain loop measured 2.6 ms per direction). A large batch (N > CHUNKED_MAX_N)
-runs sequentially: there the arithmetic, not Python, is the cost.
+exact, and 3K + 2C Python steps for both directions instead of 2B (a 500-symbol block: 111
+instead of 1,000). Measured on one core: 1.8 ms per block with its factors (a sequential
+log-domain loop: 2.6 ms per direction). A large batch (N > CHUNKED_MAX_N) runs sequentially:
+there the arithmetic, not Python, is the cost.
 """
 
 from __future__ import annotations
