@@ -31,7 +31,7 @@ def test_mbdl_run_on_the_default_session_runs_every_engine_and_says_its_set_up()
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     status = [ln for ln in proc.stderr.splitlines() if ln.startswith("t=")]
-    assert status and "ceus 48x48@25Hz" in status[-1] and "lorenz @500Hz" in status[-1]
+    assert status and "ceus 48x48@20Hz" in status[-1] and "lorenz @200Hz" in status[-1]
     assert "corona-ceus/20" in status[-1] and "svd-filter/20" in status[-1]
     rows = {ln.split("│")[1].strip(): [c.strip() for c in ln.split("│")[1:-1]]
             for ln in proc.stdout.splitlines() if ln.startswith("│")}
