@@ -80,6 +80,17 @@ def test_the_default_session_shows_a_learned_engine_beside_its_baseline_in_each_
     assert "corona-ceus/20" in w.setup_label.text() and "lorenz @200Hz" in w.setup_label.text()
 
 
+def test_the_window_opens_without_waiting_for_the_catalog_which_adds_the_other_engines_later(
+        first_look, qtbot):
+    w = first_look()
+    table = w.control.engines
+    assert table.rowCount() >= 5  # the session's engines at once
+    qtbot.waitUntil(lambda: table.rowCount() > 5, timeout=180000)  # building every engine: slow
+    rows = {table.cellWidget(r, 0).text(): table.cellWidget(r, 0) for r in range(table.rowCount())}
+    assert "ukf" in rows and not rows["ukf"].isChecked() and rows["corona-ceus"].isChecked()
+    assert "unfolded" in rows["corona-ceus"].toolTip()
+
+
 def test_a_chained_engine_is_left_out_when_its_input_engine_is_unchecked(first_look, qtbot):
     w = first_look()
     w.control.set_engine_checked("corona-ceus", False)

@@ -1,9 +1,17 @@
 """Control panel: sources and engines (with backends) chosen at run time, start/stop,
-recording, and the replay transport (play, pause, step, seek, speed, timeline)."""
+recording, and the replay transport (play, pause, step, seek, speed, timeline).
+
+The engines table lists the session's engines at once; the other engines that run live are
+added when the catalog (which builds every engine once: tens of seconds on 2 cores) has been
+made on a worker thread, so the window never waits for it.
+"""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
+import os
+import threading
+
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -37,6 +45,7 @@ class ControlPanel(QWidget):
     record_toggled = Signal(bool)
     open_requested = Signal()
     snapshot_requested = Signal()
+    catalog_ready = Signal(object)  # list[CatalogEntry], emitted on the catalog thread (queued)
 
     def __init__(self, studio: Studio, parent=None) -> None:
         super().__init__(parent)
@@ -120,7 +129,30 @@ class ControlPanel(QWidget):
         self.step_btn.clicked.connect(lambda: studio.step(1))
         self.speed.valueChanged.connect(studio.set_speed)
         self.timeline.sliderReleased.connect(lambda: studio.seek(self.timeline.value() / 1000))
+        self._catalog: dict | None = None
+        self.catalog_ready.connect(self._on_catalog)
         self.sync()
+        QTimer.singleShot(0, self, self._load_catalog)  # after the session has started
+
+    def _load_catalog(self) -> None:
+        """Describe every engine on a low-priority worker thread; `catalog_ready` brings the rows."""
+        def work():
+            if hasattr(os, "setpriority"):  # Linux: a thread's nice value is its own
+                try:
+                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+                except OSError:
+                    pass
+            entries = catalog()
+            try:
+                self.catalog_ready.emit(entries)
+            except RuntimeError:  # the panel was closed meanwhile
+                pass
+
+        threading.Thread(target=work, name="catalog", daemon=True).start()
+
+    def _on_catalog(self, entries) -> None:
+        self._catalog = {e.name: e for e in entries}
+        self._add_engine_rows([])
 
     # ---- config editing -------------------------------------------------------------------
     def _add_source(self) -> None:
@@ -184,29 +216,20 @@ class ControlPanel(QWidget):
             if EngineConfig(**self._engine_row(r)).label == label:
                 self.engines.cellWidget(r, 0).setChecked(checked)
 
-    # ---- state -------------------------------------------------------------------------
-    def sync(self) -> None:
-        """Show the studio's current config, mode and recording state."""
-        cfg = self.studio.config
-        self.sources.clear()
-        for sc in cfg.sources:
-            self._add_source_item(sc, True)
-        # the session's engines first, in its order (a chained engine after its input), checked;
-        # then every other engine that runs live, unchecked
-        configured = {e.name for e in cfg.engines}
-        catalog_ = {e.name: e for e in catalog()}
-        rows = [(ec, True) for ec in cfg.engines] + [
-            (EngineConfig(name=e.name), False) for e in catalog_.values()
-            if e.kind in ("frames", "samples") and e.name not in configured]
-        self.engines.setRowCount(len(rows))
-        for r, (ec, checked) in enumerate(rows):
+    def _add_engine_rows(self, configured: list[EngineConfig]) -> None:
+        """Rows for `configured` (checked, in the session's order: a chained engine after its
+        input), then, once the catalog is known, every other engine that runs live (unchecked)."""
+        listed = {self._engine_row(r)["name"] for r in range(self.engines.rowCount())}
+        rows = [(ec, True) for ec in configured]
+        listed |= {ec.name for ec in configured}
+        rows += [(EngineConfig(name=e.name), False) for e in (self._catalog or {}).values()
+                 if e.kind in ("frames", "samples") and e.name not in listed]
+        first = self.engines.rowCount()
+        self.engines.setRowCount(first + len(rows))
+        for r, (ec, checked) in enumerate(rows, start=first):
             box = QCheckBox(ec.label if ec.id is None else f"{ec.label} ({ec.name})")
             box.setChecked(checked)
             box.setProperty("engine", ec.model_dump(exclude_none=True))
-            entry = catalog_.get(ec.name)
-            fam = (entry.info.family if entry.info else entry.error) if entry else ""
-            kind = f"{entry.kind} engine · {fam}" if entry else ec.name
-            box.setToolTip(f"{kind} · reads {ec.input}'s output frames" if ec.input else kind)
             self.engines.setCellWidget(r, 0, box)
             src = QComboBox()
             if ec.input:
@@ -218,9 +241,26 @@ class ControlPanel(QWidget):
             backend.setCurrentText(ec.backend)
             self.engines.setCellWidget(r, 2, backend)
         self._refresh_source_combos()
-        for r, (ec, _) in enumerate(rows):
+        for r, (ec, _) in enumerate(rows, start=first):
             if ec.source:
                 self.engines.cellWidget(r, 1).setCurrentText(ec.source)
+        for r in range(self.engines.rowCount()):  # what each engine is, once the catalog knows
+            row = self._engine_row(r)
+            entry = (self._catalog or {}).get(row["name"])
+            family = (entry.info.family if entry.info else entry.error) if entry else ""
+            what = f"{entry.kind} engine · {family}" if entry else ""
+            reads = f"reads {row['input']}'s output frames" if row.get("input") else ""
+            self.engines.cellWidget(r, 0).setToolTip(" · ".join(t for t in (what, reads) if t) or row["name"])
+
+    # ---- state -------------------------------------------------------------------------
+    def sync(self) -> None:
+        """Show the studio's current config, mode and recording state."""
+        cfg = self.studio.config
+        self.sources.clear()
+        for sc in cfg.sources:
+            self._add_source_item(sc, True)
+        self.engines.setRowCount(0)
+        self._add_engine_rows(cfg.engines)
         self.sync_state()
 
     def sync_state(self) -> None:
