@@ -5,16 +5,14 @@ file in the folder; `read_artifact` checks each one before loading anything. Wei
 safetensors: loading them cannot run code (no pickle). Writing artifacts is the training
 stack's job (mbdl_app/training/artifact.py); engines only read them.
 
-`load_artifact(directory)` turns a verified artifact into an engine, by its card's task:
-"sparse-coding" -> `engines.sparse_models.engine_from_artifact`, "tracking" ->
-`engines.tracking.learned.engine_from_artifact`, ...; or by its architecture where one task has
-several loaders (`architecture.name` "deep-storm" -> `engines.imaging.deep_storm`).
+This module is the bottom of the engines' artifact stack: the runtimes (engines/runtime/) read
+verified artifacts from here, and `engines.load.load_artifact` (above the runtimes) turns one
+into an engine on a runtime.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,24 +27,6 @@ from engines.errors import ArtifactError
 CARD = "card.json"
 WEIGHTS = "weights.safetensors"
 OPERATOR_KEY = "operator"  # the forward operator (e.g. a sparse-coding model's H), when the weights store one
-
-_TASK_BUILDERS = {"sparse-coding": "engines.sparse_models:engine_from_artifact",
-                  "tracking": "engines.tracking.learned:engine_from_artifact",
-                  "clutter-suppression": "engines.imaging.clutter:engine_from_artifact",
-                  "super-resolution": "engines.imaging.ulm:engine_from_artifact",
-                  "symbol-detection": "engines.comms.learned:engine_from_artifact"}
-# tasks whose engine is more than its exported graph: the runtime's engine of the graph is wrapped
-# (a detector runs the trellis recursion around its likelihood network, on whichever runtime)
-_TASK_WRAPPERS = {"symbol-detection": "engines.comms.learned:detector_from_runtime"}
-# architectures whose task's builder is not theirs (Deep-STORM is a super-resolution model, not ULM's)
-_ARCHITECTURE_BUILDERS = {"deep-storm": "engines.imaging.deep_storm:engine_from_artifact",
-                          "lsparcom": "engines.imaging.lsparcom:engine_from_artifact"}
-
-
-def engine_tasks() -> list[str]:
-    """The card tasks that load_artifact can turn into an engine."""
-    return sorted(_TASK_BUILDERS)
-
 
 def sha256_of(path: Path) -> str:
     """The hex sha256 of a file's bytes."""
@@ -117,42 +97,3 @@ def read_artifact(directory: str | Path) -> Artifact:
     except Exception as e:  # safetensors raises its own error type for malformed files
         raise ArtifactError(f"{directory / WEIGHTS}: not readable safetensors ({e})") from None
     return Artifact(directory, card, weights)
-
-
-def load_artifact(directory: str | Path, backend: str = "auto", precision: str = "fp32"):
-    """The engine stored in an artifact folder, verified by sha256 (read_artifact).
-
-    `backend`: "torch", "onnxruntime", "tensorrt" or "auto"; the torch engine is built by
-    the card's `task`, the others from model.onnx (engines/runtime/backends.py, which
-    also makes the "auto" choice); `precision` "fp16" applies to TensorRT. Every engine
-    carries `card` and `artifact_sha256` (the weights' sha256, which recordings store), and
-    one whose weights store an `operator` (e.g. a sparse-coding model's H) that operator as
-    numpy. Raises ArtifactError for an unknown task or a card that does not describe a
-    model this code can build, BackendUnavailable when the backend cannot run it here.
-    """
-    from engines.runtime.backends import build
-
-    art = read_artifact(directory)
-    task = art.card.get("task")
-    architecture = (art.card.get("architecture") or {}).get("name")
-    entry = _ARCHITECTURE_BUILDERS.get(architecture) or _TASK_BUILDERS.get(task)
-    if entry is None:
-        raise ArtifactError(f"{Path(directory) / CARD}: no engine for task {task!r}; "
-                            f"known: {', '.join(sorted(_TASK_BUILDERS))}")
-    module, _, fn = entry.partition(":")
-    built: list[Any] = []
-
-    def torch_engine():
-        if not built:  # one torch engine per load, shared by the auto probe and a tracker's init_state
-            built.append(getattr(importlib.import_module(module), fn)(art, backend="torch"))
-        return built[0]
-
-    engine = build(art, backend, torch_engine, precision)
-    if task in _TASK_WRAPPERS:
-        wrapper, _, wrap = _TASK_WRAPPERS[task].partition(":")
-        engine = getattr(importlib.import_module(wrapper), wrap)(art, engine)
-    engine.card = art.card
-    engine.artifact_sha256 = art.sha256
-    if OPERATOR_KEY in art.weights and not hasattr(engine, "operator"):
-        engine.operator = art.weights[OPERATOR_KEY].to(torch.float32).numpy()
-    return engine

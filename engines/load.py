@@ -5,7 +5,14 @@ the EKF never imports the imaging stack. A builder takes keyword parameters only
 unknown parameters are an error naming the engine (a typo must not pass silently).
 
 Trained artifacts need no entry: every folder `exported_models/<name>/` with a card.json
-is the engine `name`, loaded (sha256-verified) by `engines.artifacts.load_artifact`.
+is the engine `name`, loaded (sha256-verified) by `load_artifact`, which turns an artifact
+into an engine by its card's task ("sparse-coding" -> `engines.sparse_models.engine_from_artifact`,
+"tracking" -> `engines.tracking.learned.engine_from_artifact`, ...) or by its architecture where
+one task has several loaders (`architecture.name` "deep-storm" -> `engines.imaging.deep_storm`).
+
+Layers (import-linter contracts in pyproject.toml): engines.export (ONNX export) -> this module
+(the engine loader) -> engines.runtime (torch / ONNX Runtime / TensorRT) -> engines.artifacts
+(cards, sha256 checks, weights).
 """
 
 from __future__ import annotations
@@ -13,10 +20,11 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import exported_models
-from engines.errors import BackendUnavailable, EngineError, UnknownEngineError
+from engines.errors import ArtifactError, BackendUnavailable, EngineError, UnknownEngineError
 
 _BUILDERS: dict[str, str | Callable[..., Any]] = {
     "svd-filter": "engines.imaging.svd_filter:build",
@@ -51,8 +59,6 @@ def available() -> list[str]:
 
 def _artifact_builder(directory):
     def build(*, backend: str = "auto", precision: str = "fp32"):
-        from engines.artifacts import load_artifact
-
         return load_artifact(directory, backend, precision=precision)
 
     return build
@@ -103,3 +109,62 @@ def load(name: str, backend: str = "auto", **overrides: Any):
         return build(backend=backend, **overrides)
     except (TypeError, ValueError) as e:
         raise EngineError(f"{name}: invalid parameters {overrides}: {e}") from e
+
+
+# ---- trained artifacts: a verified folder -> an engine on a runtime ------------------------
+_TASK_BUILDERS = {"sparse-coding": "engines.sparse_models:engine_from_artifact",
+                  "tracking": "engines.tracking.learned:engine_from_artifact",
+                  "clutter-suppression": "engines.imaging.clutter:engine_from_artifact",
+                  "super-resolution": "engines.imaging.ulm:engine_from_artifact",
+                  "symbol-detection": "engines.comms.learned:engine_from_artifact"}
+# tasks whose engine is more than its exported graph: the runtime's engine of the graph is wrapped
+# (a detector runs the trellis recursion around its likelihood network, on whichever runtime)
+_TASK_WRAPPERS = {"symbol-detection": "engines.comms.learned:detector_from_runtime"}
+# architectures whose task's builder is not theirs (Deep-STORM is a super-resolution model, not ULM's)
+_ARCHITECTURE_BUILDERS = {"deep-storm": "engines.imaging.deep_storm:engine_from_artifact",
+                          "lsparcom": "engines.imaging.lsparcom:engine_from_artifact"}
+
+
+def engine_tasks() -> list[str]:
+    """The card tasks that load_artifact can turn into an engine."""
+    return sorted(_TASK_BUILDERS)
+
+
+def load_artifact(directory: str | Path, backend: str = "auto", precision: str = "fp32"):
+    """The engine stored in an artifact folder, verified by sha256 (read_artifact).
+
+    `backend`: "torch", "onnxruntime", "tensorrt" or "auto"; the torch engine is built by
+    the card's `task`, the others from model.onnx (engines/runtime/backends.py, which
+    also makes the "auto" choice); `precision` "fp16" applies to TensorRT. Every engine
+    carries `card` and `artifact_sha256` (the weights' sha256, which recordings store), and
+    one whose weights store an `operator` (e.g. a sparse-coding model's H) that operator as
+    numpy. Raises ArtifactError for an unknown task or a card that does not describe a
+    model this code can build, BackendUnavailable when the backend cannot run it here.
+    """
+    from engines.artifacts import CARD, OPERATOR_KEY, read_artifact
+    from engines.runtime.backends import build
+
+    art = read_artifact(directory)
+    task = art.card.get("task")
+    architecture = (art.card.get("architecture") or {}).get("name")
+    entry = _ARCHITECTURE_BUILDERS.get(architecture) or _TASK_BUILDERS.get(task)
+    if entry is None:
+        raise ArtifactError(f"{Path(directory) / CARD}: no engine for task {task!r}; "
+                            f"known: {', '.join(sorted(_TASK_BUILDERS))}")
+    module, _, fn = entry.partition(":")
+    built: list[Any] = []
+
+    def torch_engine():
+        if not built:  # one torch engine per load, shared by the auto probe and a tracker's init_state
+            built.append(getattr(importlib.import_module(module), fn)(art, backend="torch"))
+        return built[0]
+
+    engine = build(art, backend, torch_engine, precision)
+    if task in _TASK_WRAPPERS:
+        wrapper, _, wrap = _TASK_WRAPPERS[task].partition(":")
+        engine = getattr(importlib.import_module(wrapper), wrap)(art, engine)
+    engine.card = art.card
+    engine.artifact_sha256 = art.sha256
+    if OPERATOR_KEY in art.weights and not hasattr(engine, "operator"):
+        engine.operator = art.weights[OPERATOR_KEY].float().numpy()
+    return engine

@@ -290,7 +290,7 @@ def export(
     OME-TIFF / .seq.mha, tracks and results to CSV."""
     folder = artifact_folder(target)
     if folder is not None:
-        from engines.runtime.onnx_export import export_artifact
+        from engines.export import export_artifact
 
         entry = export_artifact(folder, fp16=fp16)
         print(f"{folder / 'model.onnx'}  opset {entry['opset']}  sha256 {entry['sha256']}")

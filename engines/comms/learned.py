@@ -4,7 +4,7 @@ A detector artifact exports only its network (ONNX graph `x` (N, B) -> `y`): the
 factor graph's function nodes log p(y_i | c) (N, B, S), or the SBRNN's P(s_i = a1) (N, B).
 The recursion around the factors (engines/comms/sum_product.py) is not part of the graph,
 so ONNX Runtime and TensorRT run the same network that torch does and the detector wraps
-whichever runs it (`engines.artifacts.load_artifact` calls `detector_from_runtime` with the
+whichever runs it (`engines.load.load_artifact` calls `detector_from_runtime` with the
 runtime's engine; the "auto" choice compares the runtimes on the network alone).
 
 Card (beside the common fields): `architecture` = {"name": "learned-factor-graph" | "sbrnn",

@@ -17,7 +17,7 @@ them (preallocated output) measured no gain: batch 1, 400 interleaved calls, min
 lista-cs 1.278 ms run vs 1.279 ms bound, learned-admm-cs median 0.302 vs 0.294 ms.
 
 Trackers: the graph is one step (inputs "y" + state, outputs "mean", "cov" + next
-state, engines/runtime/onnx_export.py). `reset(n, z0)` takes the initial state from the
+state, engines/export.py). `reset(n, z0)` takes the initial state from the
 artifact module's `init_state` (torch, once per reset: it is not on the per-sample path
 and keeps z0's meaning identical to the torch engine's).
 """

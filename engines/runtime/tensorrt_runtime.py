@@ -132,7 +132,7 @@ def _fp16_graph(onnx_path: Path, onnx_sha256: str, card: dict[str, Any]) -> Path
     fp16 = (card.get("onnx") or {}).get("fp16")
     if fp16:
         return onnx_path.parent / fp16["file"]
-    from engines.runtime.onnx_export import to_fp16
+    from engines.runtime.fp16 import to_fp16
 
     path = cache_dir("tensorrt") / f"{onnx_sha256[:32]}.fp16.onnx"
     if not path.is_file():

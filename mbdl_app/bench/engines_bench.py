@@ -30,8 +30,8 @@ import numpy as np
 import psutil
 
 import exported_models
-from engines.artifacts import load_artifact
 from engines.errors import BackendUnavailable, UnknownEngineError
+from engines.load import load_artifact
 from engines.runtime.backends import available_backends, example_shape, timed_call
 from engines.runtime.threads import set_intra_op_threads
 

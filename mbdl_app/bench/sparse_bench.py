@@ -37,8 +37,8 @@ import torch
 
 import engines
 import exported_models
-from engines.artifacts import load_artifact
 from engines.imaging.ista import FISTA
+from engines.load import load_artifact
 from engines.sparse_problem import SparseProblem, nmse_db
 from mbdl_app.training.artifact import CARD, cache_dir
 from mbdl_app.training.recipes import get_recipe

@@ -35,10 +35,10 @@ import torch
 
 import engines
 from drivers.sim.ceus import CeusParams, windows
-from engines.artifacts import load_artifact
 from engines.errors import EngineError
 from engines.imaging.rpca import RobustPCA
 from engines.imaging.svd_filter import SVDFilter
+from engines.load import load_artifact
 
 TEST_SEED, VAL_SEED = 4, 2
 WINDOW = 20

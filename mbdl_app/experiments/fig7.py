@@ -46,7 +46,6 @@ from scipy import ndimage
 
 import engines
 from drivers.sim.ceus import CeusParams, CeusSimulator
-from engines.artifacts import load_artifact
 from engines.errors import EngineError
 from engines.imaging.ulm import (
     FACTOR,
@@ -58,6 +57,7 @@ from engines.imaging.ulm import (
     match,
     true_positions,
 )
+from engines.load import load_artifact
 
 TEST_SEED, VAL_SEED = 21, 22
 CORONA_WINDOW = 20

@@ -52,7 +52,6 @@ import torch
 
 import engines
 from drivers.sim.smlm import SmlmParams, SmlmStack, simulate_stack
-from engines.artifacts import load_artifact
 from engines.errors import EngineError
 from engines.imaging.smlm_metrics import (
     image_correlation,
@@ -64,6 +63,7 @@ from engines.imaging.smlm_metrics import (
     stack_truth,
 )
 from engines.imaging.sparcom import correlation_input
+from engines.load import load_artifact
 
 TEST_SEED, VAL_SEED = 5100, 5200
 DENSITIES = {"sparse": 0.5, "dense": 3.0}  # emitters per um^2 per frame (the recipes' held-out ones)

@@ -10,8 +10,9 @@ from safetensors.torch import load_file, save_file
 
 import engines
 import exported_models
-from engines.artifacts import CARD, WEIGHTS, load_artifact, read_artifact, sha256_of
+from engines.artifacts import CARD, WEIGHTS, read_artifact, sha256_of
 from engines.errors import ArtifactError
+from engines.load import load_artifact
 from engines.sparse_models import OPERATOR_KEY, build_sparse_model
 from engines.sparse_problem import SparseProblem, nmse_db
 

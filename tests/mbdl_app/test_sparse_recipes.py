@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.artifacts import load_artifact
+from engines.load import load_artifact
 from engines.sparse_models import build_sparse_model
 from engines.sparse_problem import SparseProblem
 from mbdl_app.bench.sparse_bench import run_sparse_bench

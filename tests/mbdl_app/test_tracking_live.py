@@ -9,8 +9,7 @@ from rich.console import Console
 import engines
 from drivers import open_source
 from drivers.recording import RecordingReader, RecordingWriter
-from engines.artifacts import load_artifact
-from engines.load import register
+from engines.load import load_artifact, register
 from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig
 from mbdl_app.report import final_tables
 from mbdl_app.session import Session

@@ -3,7 +3,7 @@
 A recipe's `build(quick)` returns a `Plan` (model, data, loss, config, stages, held-out
 evaluation, static card fields); the shared `Recipe.run` trains it with the Trainer and
 writes the artifact folder (weights.safetensors + card.json), then exports model.onnx
-into it when the artifact's task has an engine (engines/runtime/onnx_export.py), so every
+into it when the artifact's task has an engine (engines/export.py), so every
 trained model also runs on ONNX Runtime and TensorRT. Recipes are registered
 as "module:attribute" and imported on first use, so listing them imports none.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from engines.runtime.onnx_export import export_artifact, exportable
+from engines.export import export_artifact, exportable
 from mbdl_app.training.artifact import Artifact, read_artifact, write_artifact
 from mbdl_app.training.errors import TrainingError, UnknownRecipeError
 from mbdl_app.training.seeding import seed_everything

@@ -15,7 +15,7 @@ products dominate the backward pass), inside the issue's ~2 h on 2 cores. The pa
 epochs of batch 40 (3,000 steps, 120k windows seen) would be ~3x that. `resnet-ceus` runs 10,000
 steps of batch 40 (167 epochs) at 2e-3 with the same decay and clipping (~35 min on one core: a
 budget like CORONA's; at 2,000 steps it was still improving, test MSE(S) 0.161). Recipe.run exports model.onnx
-(engines/runtime/onnx_export.py: input "x", output "y", dynamic N) at the card's input shape,
+(engines/export.py: input "x", output "y", dynamic N) at the card's input shape,
 the live 128 x 128 frame; the torch module takes any H x W.
 """
 

@@ -12,7 +12,6 @@ import torch
 import engines
 import exported_models
 from drivers.sim.isi import IsiParams, IsiSimulator
-from engines.artifacts import load_artifact
 from engines.comms.learned_factor_graph import FitConfig, LearnedFactors, fit_factors
 from engines.comms.sbrnn import SBRNN
 from engines.comms.sum_product import (
@@ -23,6 +22,7 @@ from engines.comms.sum_product import (
     symbol_error_rate,
 )
 from engines.errors import EngineError
+from engines.load import load_artifact
 
 GAMMAS = (0.3, 1.5)
 TRELLIS = Trellis(4)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import engines
 import exported_models
+from engines.export import export_module
 from engines.imaging.lsparcom import (
     LSPARCOM,
     RadialConvolution,
@@ -20,9 +21,7 @@ from engines.imaging.lsparcom import (
     ring_index,
     weight_counts,
 )
-from engines.imaging.sparcom import SparcomFista
-from engines.runtime.onnx_export import export_module
-from engines.sparse_problem import SparseProblem  # noqa: F401  (engines import order as in the app)
+from engines.imaging.sparcom import SparcomFista, StackEngine
 
 TENSORRT_TOPK_MAX = 3840
 SHIPPED = exported_models.ROOT / "lsparcom"
@@ -91,7 +90,7 @@ def _topk_sizes(model: onnx.ModelProto) -> list[int]:
 def test_exported_graph_has_only_small_topk_and_matches_torch_at_another_size(tmp_path):
     module = StackSR(LSPARCOM()).eval()
     card = {"input": {"shape": ["N", 12, 1, 16, 16]}}
-    info = engines.imaging.sparcom.StackEngine("lsparcom", "unfolded", module, 12, 4).info
+    info = StackEngine("lsparcom", "unfolded", module, 12, 4).info
     path = tmp_path / "model.onnx"
     export_module(module, card, path, tmp_path / "card.json", info)
     graph = onnx.load(str(path))
@@ -115,3 +114,18 @@ def test_shipped_artifact_loads_as_an_unfolded_stack_engine_on_torch_and_onnxrun
         assert e.info.family == "unfolded" and e.info.task == "super-resolution"
         y = e(x)
         assert y.shape == (1, 1, 1, 64, 64) and (y >= 0).all()
+
+
+@pytest.mark.skipif(not (SHIPPED / "card.json").is_file(), reason="the lsparcom artifact is not trained here")
+def test_shipped_artifact_sees_the_filaments_better_than_its_diffraction_limited_input():
+    from drivers.sim.smlm import SmlmParams, simulate_stack
+    from engines.imaging.smlm_metrics import image_correlation
+    from engines.imaging.sparcom import correlation_input
+
+    engine = engines.load("lsparcom", backend="torch")
+    stack = simulate_stack(SmlmParams(size=32, density=3.0), engine.info.window, seed=777)  # held out
+    x = stack.frames[None, :, None].astype(np.float32)
+    sr = engine(x)[0, 0, 0]
+    variance = correlation_input(torch.from_numpy(x), 4)[0].numpy()
+    gain = image_correlation(sr, stack.filament, 12.5) - image_correlation(variance, stack.filament, 12.5)
+    assert gain > 0.05

@@ -7,15 +7,15 @@ import pytest
 
 import engines
 import exported_models
-from engines.artifacts import CARD, load_artifact, sha256_of
+from engines.artifacts import CARD, sha256_of
 from engines.base import EngineInfo
 from engines.errors import ArtifactError, BackendUnavailable, EngineError, EngineInputError
-from engines.load import accepted_params
+from engines.export import ONNX_FILE, export_artifact, export_module
+from engines.load import accepted_params, load_artifact
 from engines.runtime import onnxruntime_runtime as ort_rt
 from engines.runtime import tensorrt_runtime as trt_rt
 from engines.runtime.backends import available_backends
 from engines.runtime.cache import engine_key
-from engines.runtime.onnx_export import ONNX_FILE, export_artifact, export_module
 from engines.tracking.gating import LearnedGate
 from mbdl_app.cli import parse_engine_spec
 

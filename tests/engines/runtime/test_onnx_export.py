@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from engines.artifacts import CARD, read_artifact, sha256_of
+from engines.export import ONNX_FILE, ONNX_FP16_FILE, OPSET, export_artifact, export_module
 from engines.ops.shrinkage import soft_threshold, support_selection
-from engines.runtime.onnx_export import ONNX_FILE, ONNX_FP16_FILE, OPSET, export_artifact, export_module
 
 from .conftest import TinyTracker, write_tiny_artifact
 
@@ -84,7 +84,7 @@ def test_every_recipe_exports_the_artifact_it_trains(tmp_path):
     folder = get_recipe("alista-cs").run(tmp_path, quick=True, quiet=True)
     art = read_artifact(folder)
     assert art.card["files"][ONNX_FILE] == art.card["onnx"]["sha256"]
-    from engines.artifacts import load_artifact
+    from engines.load import load_artifact
 
     x = np.random.default_rng(0).normal(0, 0.3, (4, art.card["input"]["shape"][1])).astype(np.float32)
     y_torch, y_ort = load_artifact(folder, "torch")(x), load_artifact(folder, "onnxruntime")(x)

@@ -34,12 +34,13 @@ import pytest
 import torch
 
 import exported_models
-from engines.artifacts import load_artifact, read_artifact
+from engines.artifacts import read_artifact
 from engines.base import EngineInfo
+from engines.export import export_module
+from engines.load import load_artifact
 from engines.runtime import onnxruntime_runtime as ort_rt
 from engines.runtime import tensorrt_runtime as trt_rt
 from engines.runtime.backends import example_shape
-from engines.runtime.onnx_export import export_module
 from engines.runtime.onnxruntime_runtime import fits
 from engines.sparse_problem import SparseProblem
 from engines.tracking.gating import LearnedGate
@@ -209,7 +210,7 @@ def test_tensorrt_matches_onnxruntime(folder):
     "folder", exported_models.artifact_dirs(), ids=[d.name for d in exported_models.artifact_dirs()]
 )
 def test_every_shipped_artifact_with_an_engine_ships_its_onnx_graph(folder):
-    from engines.artifacts import engine_tasks
+    from engines.load import engine_tasks
 
     card = read_artifact(folder).card
     if card.get("task") in engine_tasks():

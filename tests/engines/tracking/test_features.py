@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.artifacts import load_artifact
+from engines.load import load_artifact
 from engines.tracking.features import SIZE, FeatureTracker, FrameEncoder, render
 from engines.tracking.kalmannet import KalmanNet
 from engines.tracking.ssm import LorenzSSM

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from engines.artifacts import load_artifact
+from engines.load import load_artifact
 from mbdl_app.training.recipes import available_recipes, get_recipe
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from drivers.sim.isi import IsiParams, IsiSimulator
-from engines.artifacts import load_artifact
+from engines.load import load_artifact
 from mbdl_app.training.recipes import get_recipe
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from engines.artifacts import load_artifact
+from engines.load import load_artifact
 from mbdl_app.training.recipes import get_recipe
 from mbdl_app.training.recipes.deep_storm import PATCH, QUICK, patches, simulate_frames
 

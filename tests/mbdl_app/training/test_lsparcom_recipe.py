@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.artifacts import load_artifact
+from engines.load import load_artifact
 from mbdl_app.training.recipes import get_recipe
 from mbdl_app.training.recipes.lsparcom import QUICK, patch_batches, simulate, support_loss
 

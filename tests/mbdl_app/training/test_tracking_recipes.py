@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from engines.artifacts import load_artifact
 from engines.base import TrackerEngine
 from engines.errors import EngineInputError
+from engines.load import load_artifact
 from mbdl_app.training.artifact import CARD_FIELDS
 from mbdl_app.training.recipes import available_recipes, get_recipe
 from mbdl_app.training.recipes.tracking import SHIPPED, SequenceBatches

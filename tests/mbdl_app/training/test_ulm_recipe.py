@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from engines.artifacts import load_artifact
+from engines.load import load_artifact
 from mbdl_app.training.recipes import get_recipe
 from mbdl_app.training.recipes.ulm import PATCH, QUICK, patch_set
 

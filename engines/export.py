@@ -30,9 +30,11 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from engines.artifacts import CARD, engine_tasks, load_artifact, sha256_of
+from engines.artifacts import CARD, sha256_of
 from engines.base import EngineInfo
 from engines.errors import ArtifactError
+from engines.load import engine_tasks, load_artifact
+from engines.runtime.fp16 import to_fp16
 
 OPSET = 17
 ONNX_FILE = "model.onnx"
@@ -192,17 +194,6 @@ def _holds_at_half_size(graph: nn.Module, example: tuple[Tensor, ...], free_in, 
 
 def _as_tuple(out: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     return out if isinstance(out, tuple) else (out,)
-
-
-def to_fp16(src: Path, dst: Path) -> None:
-    """model.onnx with float16 weights and arithmetic but float32 inputs and outputs."""
-    from onnxconverter_common.float16 import convert_float_to_float16
-
-    with warnings.catch_warnings():  # it warns for each weight below fp16's range, which becomes 0
-        warnings.simplefilter("ignore", UserWarning)
-        model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    onnx.save(model, str(dst))
-    onnx.checker.check_model(str(dst), full_check=True)
 
 
 def _tensor_spec(values) -> list[dict[str, Any]]:
