@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import logging
 import re
-import signal
 import sys
-import threading
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -110,53 +107,6 @@ def build_config(config: Path | None, sources: list[str], engine_specs: list[str
         raise ConfigError(f"session: {e}") from None
 
 
-@contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (systemd, `docker stop` on a headless Jetson) stops a run as Ctrl-C does: sessions
-    stop, recordings close, final tables print. Only the main thread can take signals."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def run_session(cfg: SessionConfig, duration: float | None, record: Path | None,
-                quiet: bool = False) -> int:
-    """Run a session headless with a status line per second; print the final tables."""
-    from mbdl_app.report import final_tables, status_line
-    from mbdl_app.session import Session
-
-    session = Session(cfg, record=record)
-    session.start()
-
-    def tick(st):
-        if not quiet:
-            print(status_line(st), file=sys.stderr, flush=True)
-
-    try:
-        with _sigterm_as_interrupt():
-            session.run(duration, on_tick=tick)
-    except KeyboardInterrupt as e:
-        print(f"mbdl: stopping ({str(e) or 'Ctrl-C'})", file=sys.stderr)
-    finally:
-        session.stop()
-    st = session.status()
-    final_tables(st)
-    failed = [n for n, e in st.engines.items() if e["state"] == "failed"]
-    failed += [n for n, s in st.sources.items() if s["state"] == "failed"]
-    if st.recorder and st.recorder["state"] == "failed":
-        failed.append("recorder")
-    return 1 if failed else 0
-
-
 @app.callback(invoke_without_command=True)
 def root(
     ctx: typer.Context,
@@ -184,6 +134,8 @@ def run(
 ) -> None:
     """Run a live session headless: a status line per second, a final table."""
     cfg = build_config(config, source or [], engine or [])
+    from mbdl_app.session.headless import run_session
+
     raise typer.Exit(run_session(cfg, duration, record, quiet))
 
 
@@ -199,7 +151,8 @@ def replay(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Replay a recording through engines (the recorded ones by default)."""
-    from mbdl_app.replay import compare_results, replay_config
+    from mbdl_app.session.headless import run_session
+    from mbdl_app.session.replay import compare_results, replay_config
 
     if compare and record is None:
         raise ConfigError("--compare needs --record FILE (the replay's results are compared "
@@ -217,7 +170,7 @@ def replay(
 @app.command()
 def info(file: Annotated[Path, typer.Argument(help="A recording (.h5).")]) -> None:
     """What a recording holds: streams, results, config, versions."""
-    from mbdl_app.replay import describe_json
+    from mbdl_app.session.replay import describe_json
 
     print(describe_json(file))
 

@@ -38,8 +38,8 @@ def gui_entry(name: str = "run") -> Callable[..., int] | None:
 def launch_default() -> int:
     """Open the GUI on the default session; without a display or the GUI, say so in
     one line and run the default session headless exactly as `mbdl run` would."""
-    from mbdl_app.cli import run_session
     from mbdl_app.config import default_config
+    from mbdl_app.session.headless import run_session
 
     gui = gui_entry()
     if not display_available():

@@ -9,7 +9,7 @@ from pathlib import Path
 from PySide6.QtWidgets import QApplication
 
 from mbdl_app.config import default_config, load_config
-from mbdl_app.studio import Studio
+from mbdl_app.session.studio import Studio
 from ui.main_window import MainWindow
 from ui.theme import apply_dark
 

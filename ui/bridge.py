@@ -12,7 +12,7 @@ import time
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from mbdl_app.studio import Studio
+from mbdl_app.session.studio import Studio
 
 
 class SessionBridge(QObject):

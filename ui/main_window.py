@@ -15,8 +15,8 @@ from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import QDockWidget, QFileDialog, QLabel, QMainWindow, QWidget
 
-from mbdl_app.report import setup_line
-from mbdl_app.studio import Studio
+from mbdl_app.session.report import setup_line
+from mbdl_app.session.studio import Studio
 from ui.bridge import SessionBridge
 from ui.panels.control_panel import ControlPanel
 from ui.panels.log_panel import LogPanel

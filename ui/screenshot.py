@@ -27,7 +27,7 @@ def take_screenshots(out: Path, sizes=SIZES, seconds: float = 20.0, config: str 
     from PySide6.QtTest import QTest
 
     from mbdl_app.config import default_config, load_config
-    from mbdl_app.studio import Studio
+    from mbdl_app.session.studio import Studio
     from ui.app import make_app
     from ui.main_window import MainWindow
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 
 from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig
-from mbdl_app.report import final_tables, status_line
+from mbdl_app.session.report import final_tables, status_line
 from mbdl_app.session.session import Session
 
 TARGET_RESULTS_PER_S = 30.0

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 from mbdl_app.config import load_config
-from mbdl_app.report import final_tables, status_line
+from mbdl_app.session.report import final_tables, status_line
 from mbdl_app.session.session import Session, with_param
 
 TARGET_SYMBOLS_PER_S = 10_000

@@ -21,7 +21,7 @@ import psutil
 
 from drivers.recording import RecordingReader
 from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig, default_config
-from mbdl_app.report import final_tables, status_line
+from mbdl_app.session.report import final_tables, status_line
 from mbdl_app.session.session import Session, with_param
 
 

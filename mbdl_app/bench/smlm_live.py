@@ -22,8 +22,8 @@ import numpy as np
 
 from drivers.recording import RecordingReader
 from mbdl_app.config import load_config
-from mbdl_app.report import final_tables, status_line
 from mbdl_app.session.maps import map_label
+from mbdl_app.session.report import final_tables, status_line
 from mbdl_app.session.session import Session, with_param
 
 TARGET_REFRESH_HZ = 2.0

@@ -8,9 +8,9 @@ from drivers.recording import RecordingReader
 from mbdl_app.cli import build_config
 from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig, parse_config
 from mbdl_app.errors import ConfigError, SessionError
-from mbdl_app.replay import replay_config
 from mbdl_app.session import Session
 from mbdl_app.session.maps import map_label
+from mbdl_app.session.replay import replay_config
 
 CEUS = SourceConfig(name="ceus", uri="sim:ceus?seed=3&rate=50&size=12")
 SEPARATOR = EngineConfig(name="svd-filter", source="ceus", params={"k": 1, "window": 4})

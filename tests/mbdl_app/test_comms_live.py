@@ -9,9 +9,9 @@ from drivers.recording import RecordingReader
 from engines.comms.sum_product import symbol_error_rate
 from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig, load_config
 from mbdl_app.errors import SessionError
-from mbdl_app.replay import compare_results, replay_config
-from mbdl_app.report import final_tables, status_line
 from mbdl_app.session import Session
+from mbdl_app.session.replay import compare_results, replay_config
+from mbdl_app.session.report import final_tables, status_line
 
 BLOCKS = 30
 DETECTORS = ("bcjr", "viterbinet-isi", "sbrnn-isi", "lfg-adaptive")

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig
-from mbdl_app.report import setup_line, status_line
 from mbdl_app.session import Session
+from mbdl_app.session.report import setup_line, status_line
 
 
 def test_status_lines_name_each_sources_size_and_rate_and_each_windowed_engines_hop():

@@ -9,9 +9,9 @@ import engines
 from drivers.recording import RecordingReader
 from mbdl_app.bench.smlm_live import run_smlm_live
 from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig
-from mbdl_app.replay import compare_results, replay_config
 from mbdl_app.session import Session
 from mbdl_app.session.maps import map_label
+from mbdl_app.session.replay import compare_results, replay_config
 
 SMLM = SourceConfig(name="smlm", uri="sim:smlm?seed=4&rate=100&size=24&density=2")
 STACK = EngineConfig(name="sparcom", hop=10, params={"window": 20, "iterations": 20})

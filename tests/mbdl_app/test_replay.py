@@ -1,11 +1,11 @@
-"""What `mbdl info` says about a recording (mbdl_app.replay.describe)."""
+"""What `mbdl info` says about a recording (mbdl_app.session.replay.describe)."""
 
 import numpy as np
 import pytest
 
 from drivers.base import Sample, SourceInfo
 from drivers.recording import RecordingWriter
-from mbdl_app.replay import describe
+from mbdl_app.session.replay import describe
 
 LORENZ = SourceInfo("sim:lorenz?rate=500", "samples", (3,), 500.0, {"model": {"dt": 0.02}})
 

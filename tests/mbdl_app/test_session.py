@@ -9,8 +9,8 @@ from engines.imaging.svd_filter import SVDFilter
 from engines.load import register
 from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig
 from mbdl_app.errors import SessionError
-from mbdl_app.replay import compare_results, replay_config
 from mbdl_app.session import Session
+from mbdl_app.session.replay import compare_results, replay_config
 
 SMALL = [SourceConfig(name="ceus", uri="sim:ceus?seed=2&rate=100&size=32"),
          SourceConfig(name="lorenz", uri="sim:lorenz?seed=2&rate=200&r2=1")]

@@ -6,7 +6,7 @@ import pytest
 
 from drivers.recording import RecordingReader
 from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig
-from mbdl_app.studio import Studio, next_part
+from mbdl_app.session.studio import Studio, next_part
 
 CFG = SessionConfig(
     sources=[SourceConfig(name="ceus", uri="sim:ceus?seed=3&rate=100&size=32"),

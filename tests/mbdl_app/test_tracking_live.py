@@ -11,8 +11,8 @@ from drivers import open_source
 from drivers.recording import RecordingReader, RecordingWriter
 from engines.load import load_artifact, register
 from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig
-from mbdl_app.report import final_tables
 from mbdl_app.session import Session
+from mbdl_app.session.report import final_tables
 from mbdl_app.training.recipes import get_recipe
 
 

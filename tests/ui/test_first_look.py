@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig, default_config
-from mbdl_app.studio import Studio
+from mbdl_app.session.studio import Studio
 from ui.app import make_app
 from ui.main_window import MainWindow
 from ui.views.image_grid import ImageGridView, block_max, grid_columns, nice_length

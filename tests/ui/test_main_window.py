@@ -12,7 +12,7 @@ import shiboken6
 from engines.imaging.svd_filter import SVDFilter
 from engines.load import register
 from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig
-from mbdl_app.studio import Studio
+from mbdl_app.session.studio import Studio
 from ui.app import make_app
 from ui.main_window import MainWindow
 from ui.views.image_grid import ImageGridView

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig
-from mbdl_app.studio import Studio
+from mbdl_app.session.studio import Studio
 from ui.app import make_app
 from ui.main_window import MainWindow
 from ui.views.ser_view import SerView, sliding_ser

@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
 from engines.load import BACKENDS
 from mbdl_app.catalog import catalog
 from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig
-from mbdl_app.studio import Studio
+from mbdl_app.session.studio import Studio
 
 AUTO_SOURCE = "(first of its kind)"
 

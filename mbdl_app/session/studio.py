@@ -13,8 +13,8 @@ from pathlib import Path
 
 from drivers.recording import ReplaySource
 from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig
-from mbdl_app.replay import replay_config
 from mbdl_app.session import Session
+from mbdl_app.session.replay import replay_config
 
 log = logging.getLogger(__name__)
 
