@@ -22,6 +22,7 @@ from engines.imaging.smlm_fit import build_smlm_fit
 from engines.imaging.smlm_metrics import match_nm, pooled
 
 SHIPPED = exported_models.ROOT / "deep-storm"
+DENSE_FLOOR = 0.6  # held-out Jaccard at 3 emitters / um^2 the shipped model must reach
 
 
 def test_normalization_makes_a_frame_independent_of_camera_gain_and_offset():
@@ -87,11 +88,11 @@ def test_shipped_artifact_is_a_black_box_super_resolution_engine(backend):
 
 
 @needs_artifact
-def test_shipped_artifact_beats_its_card_floor_on_held_out_dense_frames():
-    """Frames of a seed no set of the recipe used; the card's dense test Jaccard (100 frames) less
-    a margin for 6 frames' sampling, and above the model-based fit's on the same frames."""
-    card = json.loads((SHIPPED / "card.json").read_text())
-    m = card["metrics"]
+def test_shipped_artifact_beats_its_floor_and_the_fit_on_held_out_dense_frames():
+    """6 frames at 3 emitters / um^2 of a seed no set of the recipe used: Jaccard >= DENSE_FLOOR (the
+    card's 100 test frames: 0.70; 6 frames scatter by a few hundredths) and above smlm-fit's (0.30)."""
+    m = json.loads((SHIPPED / "card.json").read_text())["metrics"]
+    assert m["dense"]["jaccard"] >= DENSE_FLOOR + 0.05  # the card supports the floor
     engine = engines.load("deep-storm", backend="onnxruntime")
     sim = SmlmSimulator(SmlmParams(density=m["dense"]["density_per_um2"]), seed=[99, 0])
     frames, truth = zip(*(sim.next_frame() for _ in range(6)), strict=True)
@@ -100,5 +101,4 @@ def test_shipped_artifact_beats_its_card_floor_on_held_out_dense_frames():
                   for d, p in zip(s, truth, strict=True))
     fit = build_smlm_fit()
     theirs = pooled(match_nm(fit.localize(f), p) for f, p in zip(frames, truth, strict=True))
-    assert ours.jaccard >= m["dense"]["jaccard"] - 0.1
-    assert ours.jaccard > theirs.jaccard
+    assert ours.jaccard >= DENSE_FLOOR and ours.jaccard > theirs.jaccard + 0.2
