@@ -56,7 +56,7 @@ def run_smlm_live(out: str | Path, duration: float = 30.0, size: int = 64, rate:
         gaps = int(np.sum(np.diff(index) - 1)) if len(index) > 1 else 0
         maps = {}
         for label in session.maps:
-            t = rec.result_arrays(stream, map_label(label), ["t_host"])["t_host"]
+            t = rec.result_arrays(stream, map_label(label), ["t_host"])["t_host"][:, 2]  # published at
             dt = np.diff(t)
             span = float(t[-1] - t[0]) if len(t) > 1 else 0.0
             maps[map_label(label)] = {
