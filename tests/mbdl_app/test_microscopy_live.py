@@ -67,7 +67,8 @@ def test_a_replayed_microscopy_recording_reproduces_the_live_results(tmp_path):
 @pytest.mark.skipif(not {"lsparcom", "deep-storm"} <= set(engines.available()),
                     reason="the shipped lsparcom and deep-storm artifacts are needed")
 def test_the_live_smlm_bench_checks_the_recording_and_every_map(tmp_path):
-    report = run_smlm_live(tmp_path, duration=3.0, size=24, rate=50, log=lambda *_: None)
+    # LSPARCOM reads the last 350 frames: 5 s at 100 frames/s gives it windows to map
+    report = run_smlm_live(tmp_path, duration=5.0, size=24, rate=100, log=lambda *_: None)
     assert report["recording"]["frames"] == report["source"]["items"] > 100
     assert report["targets"]["live_frames_lost"]["measured"] == 0
     assert set(report["maps"]) == {map_label(e) for e in ("sparcom", "lsparcom", "deep-storm", "smlm-fit")}
