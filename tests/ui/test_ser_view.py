@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig
@@ -46,6 +48,11 @@ def test_the_ser_view_draws_every_detectors_sliding_ser_and_the_metrics_table_sh
         assert header[-1] == "SER"
     finally:
         w.close()
+        # the session panel builds the engine catalog on a daemon thread; left running into the
+        # interpreter's exit it dies inside ONNX Runtime/torch and the process aborts (rc 134)
+        for t in threading.enumerate():
+            if t.name == "catalog":
+                t.join(120)
 
 
 def test_the_sliding_ser_averages_the_last_blocks():
