@@ -7,6 +7,7 @@ engines such as sparse coding, usable offline but not on a live stream).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import cache
 
@@ -38,7 +39,12 @@ def describe(name: str) -> CatalogEntry:
     return CatalogEntry(name, engine_kind(e), e.info)
 
 
-def catalog(kind: str | None = None) -> list[CatalogEntry]:
-    """Every registered engine (or those of one kind), sorted by name."""
-    entries = [describe(n) for n in engines.available()]
+def catalog(kind: str | None = None, stop: threading.Event | None = None) -> list[CatalogEntry]:
+    """Every registered engine (or those of one kind), sorted by name; when `stop` is set,
+    the engines described so far (a caller on a worker thread can end early)."""
+    entries = []
+    for name in engines.available():
+        if stop is not None and stop.is_set():
+            break
+        entries.append(describe(name))
     return [e for e in entries if kind is None or e.kind == kind]

@@ -8,6 +8,7 @@ made on a worker thread, so the window never waits for it.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 
@@ -37,6 +38,20 @@ from mbdl_app.session.studio import Studio
 
 AUTO_SOURCE = "(first of its kind)"
 
+
+
+_CATALOG_STOP = threading.Event()
+_CATALOG_THREADS: list[threading.Thread] = []
+
+
+@atexit.register
+def _stop_catalog_threads() -> None:
+    """At exit, a catalog thread finishes the engine it is building and stops: a daemon thread
+    still inside ONNX Runtime or torch when the interpreter finalizes aborts the process
+    ("terminate called without an active exception", exit code 134)."""
+    _CATALOG_STOP.set()
+    for thread in _CATALOG_THREADS:
+        thread.join(60.0)
 
 class ControlPanel(QWidget):
     """Edits a SessionConfig and asks the window to apply it; shows the transport in replay."""
@@ -142,13 +157,17 @@ class ControlPanel(QWidget):
                     os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
                 except OSError:
                     pass
-            entries = catalog()
+            entries = catalog(stop=_CATALOG_STOP)
+            if _CATALOG_STOP.is_set():
+                return
             try:
                 self.catalog_ready.emit(entries)
             except RuntimeError:  # the panel was closed meanwhile
                 pass
 
-        threading.Thread(target=work, name="catalog", daemon=True).start()
+        thread = threading.Thread(target=work, name="catalog", daemon=True)
+        _CATALOG_THREADS.append(thread)
+        thread.start()
 
     def _on_catalog(self, entries) -> None:
         self._catalog = {e.name: e for e in entries}
