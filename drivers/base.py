@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from drivers.errors import SourceError, SourceNotOpen
+from drivers.errors import SourceEnded, SourceError, SourceNotOpen
 
 
 @dataclass(slots=True)
@@ -155,3 +155,38 @@ class SourceBase:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SimulatedFrameSource(SourceBase):
+    """A frame simulator's read loop: render frame k before waiting for its deadline (so it leaves
+    on time), hand it over at the deadline, end after `n_frames`.
+
+    Subclasses set in open(): `_sim` (with an `index`: frames rendered so far) and `_pacer`; and
+    implement `_render(k) -> Frame` (frame k, stepping the simulator once). read() is called from
+    one acquisition thread.
+    """
+
+    _sim: Any = None
+    _next: Frame | None = None
+    _pacer: Pacer
+    n_frames: int | None = None
+
+    def _render(self, k: int) -> Frame:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def read(self, timeout: float = 0.1) -> Frame | None:
+        if self._sim is None:
+            raise SourceError(f"{self.uri}: source is not open")
+        if self._next is None:
+            if self.n_frames is not None and self._sim.index >= self.n_frames:
+                raise SourceEnded(f"{self.uri}: ended after {self.n_frames} frames")
+            self._next = self._render(self._sim.index)
+        if not self._pacer.wait(self._next.index, timeout):
+            return None
+        frame, self._next = self._next, None
+        frame.t_host = time.monotonic()  # when it was handed over, not when it was rendered
+        return frame
+
+    def close(self) -> None:
+        self._sim = None
+        self._next = None

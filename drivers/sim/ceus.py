@@ -35,15 +35,14 @@ bubbles per cm^2, birth/death 0.3 per frame, 32 x 32 x 20 training windows.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import scipy.fft
 
-from drivers.base import Frame, Pacer, SourceBase, SourceInfo
-from drivers.errors import SourceEnded, SourceError
+from drivers.base import Frame, Pacer, SimulatedFrameSource, SourceInfo
+from drivers.errors import SourceError
 from drivers.uri import ParsedURI
 
 _DS = 0.25  # arc-length step (pixels) of the stored vessel centerlines
@@ -347,7 +346,7 @@ def windows(params: CeusParams, n_windows: int, T: int = 20, patch: int = 32
     return out
 
 
-class CeusSource(SourceBase):
+class CeusSource(SimulatedFrameSource):
     """Live Source of a CEUS simulation, paced at params.rate_hz x speed (0: flat out).
 
     Frame k has t = k / rate_hz and truth tissue, bubbles, positions. Ends with
@@ -393,28 +392,10 @@ class CeusSource(SourceBase):
                           "positions": (self._sim.max_bubbles, 2)},
         )
 
-    def read(self, timeout: float = 0.1) -> Frame | None:
-        sim = self._sim
-        if sim is None:
-            raise SourceError(f"{self.uri}: source is not open")
-        if self._next is None:
-            # render before waiting, so the frame leaves on its deadline
-            if self.n_frames is not None and sim.index >= self.n_frames:
-                raise SourceEnded(f"{self.uri}: ended after {self.n_frames} frames")
-            k = sim.index
-            f = sim.step()
-            self._next = Frame(k, k / self.params.rate_hz, f["data"],
-                               {"tissue": f["tissue"], "bubbles": f["bubbles"],
-                                "positions": f["positions"]})
-        if not self._pacer.wait(self._next.index, timeout):
-            return None
-        frame, self._next = self._next, None
-        frame.t_host = time.monotonic()  # when it was handed over, not when it was rendered
-        return frame
-
-    def close(self) -> None:
-        self._sim = None
-        self._next = None
+    def _render(self, k: int) -> Frame:
+        f = self._sim.step()
+        return Frame(k, k / self.params.rate_hz, f["data"],
+                     {"tissue": f["tissue"], "bubbles": f["bubbles"], "positions": f["positions"]})
 
 
 # URI key -> CeusParams field; `size` sets height and width, `speed` and `n_frames` the source

@@ -74,15 +74,14 @@ high-density frames (a few emitters per um^2).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 from scipy.special import erf
 
-from drivers.base import Frame, Pacer, SourceBase, SourceInfo, check_pacing
-from drivers.errors import SourceEnded, SourceError
+from drivers.base import Frame, Pacer, SimulatedFrameSource, SourceInfo, check_pacing
+from drivers.errors import SourceError
 from drivers.uri import ParsedURI
 
 _DS_NM = 10.0  # arc-length step of the stored filament centrelines
@@ -374,7 +373,7 @@ def adu_to_photons(frames: np.ndarray, params: SmlmParams) -> np.ndarray:
             / np.float32(params.gain))
 
 
-class SmlmSource(SourceBase):
+class SmlmSource(SimulatedFrameSource):
     """Live Source of an SMLM simulation, paced at params.rate x speed (0: flat out).
 
     See the module docstring for the frames, the truth and the meta. read() is called
@@ -439,30 +438,15 @@ class SmlmSource(SourceBase):
             raise SourceError(f"{self.uri}: source is not open")
         return self._sim.filament_image(self.upsample)
 
-    def read(self, timeout: float = 0.1) -> Frame | None:
+    def _render(self, k: int) -> Frame:
         sim = self._sim
-        if sim is None:
-            raise SourceError(f"{self.uri}: source is not open")
-        if self._next is None:
-            if self.n_frames is not None and sim.index >= self.n_frames:
-                raise SourceEnded(f"{self.uri}: ended after {self.n_frames} frames")
-            k = sim.index
-            adu, _ = sim.next_frame()
-            emitting = sim.on_time > 0
-            positions = np.full((sim.n_emitters, 2), np.nan, np.float32)
-            positions[emitting] = sim.emitters[emitting]
-            photons = (self.params.photons * sim.on_time).astype(np.float32)
-            self._next = Frame(k, k / self.params.rate, adu.astype(np.float32)[None],
-                               {"positions": positions, "photons": photons})
-        if not self._pacer.wait(self._next.index, timeout):
-            return None
-        frame, self._next = self._next, None
-        frame.t_host = time.monotonic()  # when it was handed over, not when it was rendered
-        return frame
-
-    def close(self) -> None:
-        self._sim = None
-        self._next = None
+        adu, _ = sim.next_frame()
+        emitting = sim.on_time > 0
+        positions = np.full((sim.n_emitters, 2), np.nan, np.float32)
+        positions[emitting] = sim.emitters[emitting]
+        photons = (self.params.photons * sim.on_time).astype(np.float32)
+        return Frame(k, k / self.params.rate, adu.astype(np.float32)[None],
+                     {"positions": positions, "photons": photons})
 
 
 def filament_from_meta(meta: dict[str, Any]) -> np.ndarray:
