@@ -3,6 +3,7 @@
     mbdl                      the GUI (headless default session when no display/GUI)
     mbdl gui [--config F]
     mbdl run [--config F] [--source URI ...] [--engine NAME ...] [--duration S] [--record F]
+             [--rotate-min N --keep-gb G] [--health-s S]
     mbdl replay FILE [--engine NAME ...] [--speed X] [--record F] [--compare]
     mbdl info FILE
     mbdl repair FILE
@@ -131,12 +132,20 @@ def run(
                         help="Seconds to run (default: until the sources end or Ctrl-C).")] = None,
     record: Annotated[Path | None, typer.Option("--record", "-r", help="Record to this .h5 file.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No status line.")] = False,
+    rotate_min: Annotated[float | None, typer.Option(
+        "--rotate-min", help="A new recording file every N minutes (REC-000001-<UTC>.h5, ...).")] = None,
+    keep_gb: Annotated[float | None, typer.Option(
+        "--keep-gb", help="With --rotate-min: delete the oldest files past this many GB.")] = None,
+    health_s: Annotated[float | None, typer.Option(
+        "--health-s", help="A one-line health report every S seconds (for the journal).")] = None,
 ) -> None:
     """Run a live session headless: a status line per second, a final table."""
     cfg = build_config(config, source or [], engine or [])
     from mbdl_app.session.headless import run_session
+    from mbdl_app.session.rotation import from_options
 
-    raise typer.Exit(run_session(cfg, duration, record, quiet))
+    record, housekeeping = from_options(record, rotate_min, keep_gb, health_s)
+    raise typer.Exit(run_session(cfg, duration, record, quiet, housekeeping))
 
 
 @app.command()

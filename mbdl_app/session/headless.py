@@ -36,14 +36,17 @@ def _sigterm_as_interrupt():
 
 
 def run_session(cfg: SessionConfig, duration: float | None, record: Path | None,
-                quiet: bool = False) -> int:
-    """Run a session headless with a status line per second; print the final tables."""
+                quiet: bool = False, housekeeping=None) -> int:
+    """Run a session headless with a status line per second; print the final tables.
+    `housekeeping` (session.rotation.Housekeeping): recording rotation and a health line."""
     session = Session(cfg, record=record)
     session.start()
 
     def tick(st):
         if not quiet:
             print(status_line(st), file=sys.stderr, flush=True)
+        if housekeeping is not None:
+            housekeeping.tick(session, st)
 
     try:
         with _sigterm_as_interrupt():

@@ -294,11 +294,31 @@ class Session:
         """
         if self.recorder is not None:
             raise SessionError(f"already recording to {self.recorder.path}")
+        rec = self._new_recorder(path)
+        self.record_path, self.recorder = Path(path), rec
+
+    def _new_recorder(self, path: str | Path) -> Recorder:
         rec = Recorder(path, {n: s.info for n, s in self.streams.items()}, self._specs,
                        config=self.resolved_config().to_toml_dict(),
                        versions={"app": __version__, "engines": self._artifacts})
         rec.start()
-        self.record_path, self.recorder = Path(path), rec
+        return rec
+
+    def rotate_recording(self, path: str | Path) -> Path:
+        """Go on recording into a new file at `path` (`mbdl run --rotate-min`): the new file is
+        created first, then the switch happens under the lock every put takes, so each item and
+        result goes to exactly one of the two files; the old file is written out and closed, and
+        its path returned. Raises SessionError when not recording, RecordingError (the old file
+        goes on) when the new one cannot be created."""
+        if self.recorder is None:
+            raise SessionError(f"cannot rotate the recording to {path}: not recording")
+        new = self._new_recorder(path)
+        with self._rec_lock:
+            old, self.recorder = self.recorder, new
+            self.record_path = Path(path)
+        old.stop()
+        self._last_recording = old
+        return old.path
 
     def stop_recording(self) -> Path | None:
         """Write out everything queued and close the file; returns its path."""
