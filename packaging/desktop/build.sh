@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Build the desktop bundle: a one-folder app of the torch-free runtime, OUT/dist/mbdl/mbdl.
+#   packaging/desktop/build.sh [OUT]        (OUT default: packaging/desktop/build, git-ignored)
+# A build venv (OUT/venv, or $MBDL_BUILD_VENV) gets PyInstaller, the project (no deps) and its
+# runtime + GUI dependencies except torch; then PyInstaller runs packaging/desktop/mbdl.spec.
+# Linux first; the same script runs on macOS (Git Bash/WSL on Windows: see packaging/README.md).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+out=$(mkdir -p "${1:-$repo/packaging/desktop/build}" && cd "${1:-$repo/packaging/desktop/build}" && pwd)
+venv=${MBDL_BUILD_VENV:-$out/venv}
+python=${PYTHON:-python3}
+pyinstaller_version=${PYINSTALLER_VERSION:-6.22.*}
+
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+fi
+# the runtime and GUI dependencies named in pyproject.toml, torch left out whatever it is called
+deps=$("$venv/bin/python" - "$repo/pyproject.toml" <<'PY'
+import re, sys
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+reqs = project["dependencies"] + project.get("optional-dependencies", {}).get("gui", [])
+for r in reqs:
+    if not re.match(r"^\s*torch\b", r):
+        print(r)
+PY
+)
+mapfile -t dep_list <<< "$deps"
+"$venv/bin/python" -m pip install --quiet "pyinstaller==$pyinstaller_version" "${dep_list[@]}"
+"$venv/bin/python" -m pip install --quiet --no-deps --force-reinstall "$repo"
+if "$venv/bin/python" -c "import torch" 2>/dev/null; then
+  echo "build.sh: torch is installed in $venv; the bundle must be torch-free (the spec excludes it)" >&2
+fi
+cd "$out"
+"$venv/bin/pyinstaller" --noconfirm --clean --log-level WARN \
+  --workpath "$out/work" --distpath "$out/dist" "$repo/packaging/desktop/mbdl.spec"
+size=$(du -sm "$out/dist/mbdl" | cut -f1)
+echo "build.sh: $out/dist/mbdl/mbdl (${size} MB); smoke test: packaging/desktop/smoke.py $out/dist/mbdl/mbdl"
