@@ -15,21 +15,8 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip
 fi
-# the runtime and GUI dependencies named in pyproject.toml, torch left out whatever it is called
-deps=$("$venv/bin/python" - "$repo/pyproject.toml" <<'PY'
-import re, sys
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib
-project = tomllib.load(open(sys.argv[1], "rb"))["project"]
-reqs = project["dependencies"] + project.get("optional-dependencies", {}).get("gui", [])
-for r in reqs:
-    if not re.match(r"^\s*torch\b", r):
-        print(r)
-PY
-)
-mapfile -t dep_list <<< "$deps"
+# the runtime and GUI dependencies named in pyproject.toml, torch left out
+mapfile -t dep_list < <("$venv/bin/python" "$repo/packaging/deps.py" --extra gui --without torch)
 "$venv/bin/python" -m pip install --quiet "pyinstaller==$pyinstaller_version" "${dep_list[@]}"
 "$venv/bin/python" -m pip install --quiet --no-deps --force-reinstall "$repo"
 if "$venv/bin/python" -c "import torch" 2>/dev/null; then
