@@ -5,6 +5,10 @@ file in the folder; `read_artifact` checks each one before loading anything. Wei
 safetensors: loading them cannot run code (no pickle). Writing artifacts is the training
 stack's job (mbdl_app/training/artifact.py); engines only read them.
 
+Torch-free: the weights are read as numpy (`Artifact.arrays`), so ONNX Runtime and TensorRT
+engines load an artifact without torch (the runtime install, issue 18); `Artifact.weights`
+(torch tensors, for the torch builders) imports torch on first use.
+
 This module is the bottom of the engines' artifact stack: the runtimes (engines/runtime/) read
 verified artifacts from here, and `engines.load.load_artifact` (above the runtimes) turns one
 into an engine on a runtime.
@@ -16,17 +20,23 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file
+import numpy as np
+from safetensors.numpy import load_file
 
 from engines.errors import ArtifactError
+from engines.optional_torch import require_torch
+
+if TYPE_CHECKING:
+    import torch
 
 CARD = "card.json"
 WEIGHTS = "weights.safetensors"
 OPERATOR_KEY = "operator"  # the forward operator (e.g. a sparse-coding model's H), when the weights store one
+
 
 def sha256_of(path: Path) -> str:
     """The hex sha256 of a file's bytes."""
@@ -39,11 +49,18 @@ def sha256_of(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Artifact:
-    """A verified artifact: its folder, card and weights (CPU tensors)."""
+    """A verified artifact: its folder, card and weights (numpy arrays; torch tensors on demand)."""
 
     path: Path
     card: dict[str, Any]
-    weights: dict[str, torch.Tensor]
+    arrays: dict[str, np.ndarray]
+
+    @cached_property
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The weights as CPU torch tensors (sharing memory with `arrays`); BackendUnavailable
+        in one line when torch is not installed."""
+        torch = require_torch(f"{self.card.get('name', self.path.name)} on torch")
+        return {k: torch.from_numpy(v) for k, v in self.arrays.items()}
 
     @property
     def sha256(self) -> str:
@@ -93,7 +110,7 @@ def read_artifact(directory: str | Path) -> Artifact:
             raise ArtifactError(f"{path}: sha256 {actual} does not match {expected} in {card_path} "
                                 "(file corrupted or replaced)")
     try:
-        weights = load_file(directory / WEIGHTS)
+        arrays = load_file(directory / WEIGHTS)
     except Exception as e:  # safetensors raises its own error type for malformed files
         raise ArtifactError(f"{directory / WEIGHTS}: not readable safetensors ({e})") from None
-    return Artifact(directory, card, weights)
+    return Artifact(directory, card, arrays)

@@ -19,3 +19,7 @@ class BackendUnavailable(EngineError):  # noqa: N818
 
 class EngineInputError(EngineError):
     """An engine received input of the wrong shape, dtype, or with NaN/Inf values."""
+
+
+class TorchMissing(BackendUnavailable):
+    """torch is not installed (the torch-free runtime install) and this engine or backend needs it."""

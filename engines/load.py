@@ -23,14 +23,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import exported_models
 from engines.errors import ArtifactError, BackendUnavailable, EngineError, UnknownEngineError
+from engines.optional_torch import require_torch, torch_installed
 
 _BUILDERS: dict[str, str | Callable[..., Any]] = {
     "svd-filter": "engines.imaging.svd_filter:build",
     "rpca-fista": "engines.imaging.clutter:build_rpca_fista",
     "ulm-fista": "engines.imaging.ulm:build_ulm_fista",
-    "ekf": "engines.tracking.kalman:build_ekf",
+    "ekf": "engines.tracking.lorenz_numpy:build_ekf",  # numpy without torch, else the torch EKF
     "kf": "engines.tracking.kalman:build_kf",
     "ukf": "engines.tracking.kalman:build_ukf",
     "pf": "engines.tracking.particle:build_pf",
@@ -74,12 +77,27 @@ def _builder(name: str):
     entry = _BUILDERS.get(name)
     if entry is None and name in _shipped_artifacts():
         return _artifact_builder(_shipped_artifacts()[name])
+    if entry is None and ("/" in name or "\\" in name):  # an artifact folder by path (`mbdl calibrate`'s)
+        if not (Path(name) / "card.json").is_file():
+            raise UnknownEngineError(f"{name}: not an artifact folder (no card.json there)")
+        return _artifact_builder(Path(name))
     if entry is None:
         raise UnknownEngineError(f"unknown engine {name!r}; available: {', '.join(available())}")
     if callable(entry):
         return entry
     module, _, fn = entry.partition(":")
-    return getattr(importlib.import_module(module), fn)
+    return getattr(_import(module, name), fn)
+
+
+def _import(module: str, what: str):
+    """importlib.import_module(module); TorchMissing naming `what` when it fails for want of torch
+    (the runtime install has no torch: engines written in torch are then unavailable, in one line)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if not torch_installed():
+            require_torch(what)
+        raise
 
 
 def accepted_params(name: str) -> set[str]:
@@ -91,7 +109,8 @@ def accepted_params(name: str) -> set[str]:
 
 
 def load(name: str, backend: str = "auto", **overrides: Any):
-    """Build engine `name` on `backend` ("auto" = the fastest available for it).
+    """Build engine `name` on `backend` ("auto" = the fastest available for it). `name` may also be
+    the path of an artifact folder (one with a "/"), e.g. a model calibrated by `mbdl calibrate`.
 
     Raises UnknownEngineError for an unknown name, EngineError for an unknown or
     invalid parameter, BackendUnavailable when the backend cannot run it here.
@@ -114,9 +133,12 @@ def load(name: str, backend: str = "auto", **overrides: Any):
 # ---- trained artifacts: a verified folder -> an engine on a runtime ------------------------
 _TASK_BUILDERS = {"sparse-coding": "engines.sparse_models:engine_from_artifact",
                   "tracking": "engines.tracking.learned:engine_from_artifact",
+                  "control-estimator": "engines.control.kalmannet_cv:engine_from_artifact",
                   "clutter-suppression": "engines.imaging.clutter:engine_from_artifact",
                   "super-resolution": "engines.imaging.ulm:engine_from_artifact",
-                  "symbol-detection": "engines.comms.learned:engine_from_artifact"}
+                  "symbol-detection": "engines.comms.learned:engine_from_artifact",
+                  "denoising": "engines.imaging.dncnn:engine_from_artifact",
+                  "generation": "engines.imaging.csgm:engine_from_artifact"}
 # tasks whose engine is more than its exported graph: the runtime's engine of the graph is wrapped
 # (a detector runs the trellis recursion around its likelihood network, on whichever runtime)
 _TASK_WRAPPERS = {"symbol-detection": "engines.comms.learned:detector_from_runtime"}
@@ -156,15 +178,15 @@ def load_artifact(directory: str | Path, backend: str = "auto", precision: str =
 
     def torch_engine():
         if not built:  # one torch engine per load, shared by the auto probe and a tracker's init_state
-            built.append(getattr(importlib.import_module(module), fn)(art, backend="torch"))
+            built.append(getattr(_import(module, f"{art.path.name} on torch"), fn)(art, backend="torch"))
         return built[0]
 
     engine = build(art, backend, torch_engine, precision)
     if task in _TASK_WRAPPERS:
         wrapper, _, wrap = _TASK_WRAPPERS[task].partition(":")
-        engine = getattr(importlib.import_module(wrapper), wrap)(art, engine)
+        engine = getattr(_import(wrapper, f"{art.path.name} ({task})"), wrap)(art, engine)
     engine.card = art.card
     engine.artifact_sha256 = art.sha256
-    if OPERATOR_KEY in art.weights and not hasattr(engine, "operator"):
-        engine.operator = art.weights[OPERATOR_KEY].float().numpy()
+    if OPERATOR_KEY in art.arrays and not hasattr(engine, "operator"):
+        engine.operator = art.arrays[OPERATOR_KEY].astype(np.float32)
     return engine

@@ -87,7 +87,7 @@ def detector_from_runtime(art, network) -> TrellisDetector | SlidingDetector:
         detector = SlidingDetector(info, network, alphabet)
     else:
         trellis = Trellis(int(kwargs.get("memory", 4)), alphabet)
-        log_T = art.weights["log_transition"][0].double().numpy()
+        log_T = art.arrays["log_transition"][0].astype(np.float64)
         run = network.module if isinstance(network, NetworkEngine) else network
         detector = TrellisDetector(info, ModuleFactors(run), trellis, log_T, art.card.get("semiring", "sum"))
     if isinstance(network, NetworkEngine):

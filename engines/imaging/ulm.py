@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from engines.base import EngineInfo, Family, check_finite
 from engines.errors import BackendUnavailable, EngineInputError
 from engines.imaging.ista import FISTA, IstaFamily, IstaLayer
+from engines.imaging.super_resolved_map import Accumulator  # noqa: F401 - ULM's map, numpy (no torch)
 from engines.ops.operators import BlurDownsample
 
 FACTOR = 8  # the fine grid is 8x finer in each direction (the seed's Fig. 7)
@@ -280,32 +281,6 @@ class SuperResolution(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         s = self.intensity(x)
         return s if self.intensity_output else self.localizer(s)[:, None, None]
-
-
-@dataclass
-class Accumulator:
-    """The super-resolved map: the sum of per-frame localization images (f h, f w), and the count.
-
-    Not thread-safe: one owner (the session's map sink or an experiment) adds and reads.
-    """
-
-    shape: tuple[int, int]
-
-    def __post_init__(self) -> None:
-        self.map = np.zeros(self.shape, np.float32)
-        self.frames = 0
-        self.localizations = 0
-
-    def add(self, localizations: np.ndarray) -> None:
-        """Add one frame's localization image (H, W) (or a stack (..., H, W), summed)."""
-        loc = np.asarray(localizations, dtype=np.float32).reshape(-1, *self.shape)
-        self.map += loc.sum(0)
-        self.frames += loc.shape[0]
-        self.localizations += int(np.count_nonzero(loc))
-
-    def reset(self) -> None:
-        self.map.fill(0)
-        self.frames = self.localizations = 0
 
 
 def localization_positions(localizations: np.ndarray, factor: int = FACTOR) -> np.ndarray:

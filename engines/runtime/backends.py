@@ -10,7 +10,9 @@ and between the two CPU runtimes by measured speed: a probe (PROBE_CALLS batch-1
 of each, interleaved, fewer past PROBE_BUDGET_S) runs once per artifact, machine and
 versions and is cached in `cache_dir("backend-probe")` as JSON; the one with the lower
 minimum wins (the minimum, not the median: on shared cores a preempted call measures the
-neighbours, not the runtime). An artifact without model.onnx runs on torch.
+neighbours, not the runtime). An artifact without model.onnx runs on torch. Without torch (the
+runtime install, issue 18) "auto" takes ONNX Runtime without probing, and "torch" is a one-line
+TorchMissing naming the fix.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from engines.errors import ArtifactError, BackendUnavailable, EngineError
+from engines.errors import ArtifactError, BackendUnavailable, EngineError, TorchMissing
+from engines.optional_torch import require_torch, torch_installed
 from engines.runtime import onnxruntime_runtime as ort_rt
 from engines.runtime import tensorrt_runtime as trt_rt
 from engines.runtime.cache import cache_dir, cache_key
@@ -41,13 +44,15 @@ log = logging.getLogger(__name__)
 
 def available_backends() -> dict[str, tuple[bool, str]]:
     """Each backend (ONNX Runtime split by device) -> (usable here, version or why not)."""
-    import torch
-
+    try:
+        torch = (True, f"torch {require_torch('the torch backend').__version__}")
+    except TorchMissing as e:
+        torch = (False, str(e))
     return {
         "tensorrt": trt_rt.available(),
         "onnxruntime-gpu": ort_rt.available("gpu"),
         "onnxruntime-cpu": ort_rt.available("cpu"),
-        "torch": (True, f"torch {torch.__version__}"),
+        "torch": torch,
     }
 
 
@@ -75,22 +80,20 @@ def _is_tracker(art) -> bool:
 
 def _tracker_parts(art, torch_engine: Callable[[], Any]):
     """(state names, init_state(n, z0) -> numpy tuple, has_cov, outlier gate) of a tracker
-    artifact, from its module."""
-    import torch
+    artifact: numpy, from its card (engines/tracking/tracker_parts.py), or for an architecture
+    without a numpy twin from its torch module (which then needs torch)."""
+    from engines.tracking.tracker_parts import ArrayGate, TorchTwin, twin_from_card
 
-    from engines.tracking.gating import LearnedGate
-
-    module = getattr(torch_engine(), "module", None)
-    if module is None or not hasattr(module, "init_state"):
-        raise ArtifactError(f"{art.path}: a tracker graph, but its torch engine exposes no module.init_state")
-
-    def init_state(n: int, z0: np.ndarray | None) -> tuple[np.ndarray, ...]:
-        z = None if z0 is None else torch.as_tensor(np.asarray(z0), dtype=torch.float32)
-        with torch.inference_mode():
-            return tuple(s.float().numpy() for s in module.init_state(n, z))
-
-    return (tuple(module.state_names), init_state, bool(getattr(module, "has_cov", False)),
-            LearnedGate(module, _name(art)))
+    twin = twin_from_card(art.card)
+    if twin is None:
+        require_torch(f"{_name(art)} (architecture {art.card.get('architecture', {}).get('name')!r}) "
+                      "on ONNX Runtime/TensorRT")
+        module = getattr(torch_engine(), "module", None)
+        if module is None or not hasattr(module, "init_state"):
+            raise ArtifactError(f"{art.path}: a tracker graph, but its torch engine exposes "
+                                "no module.init_state")
+        twin = TorchTwin(module)
+    return tuple(twin.state_names), twin.init_state, bool(twin.has_cov), ArrayGate(twin, _name(art))
 
 
 def onnxruntime_engine(art, torch_engine: Callable[[], Any], device: str | None = None):
@@ -209,7 +212,8 @@ def cpu_choice(art, torch_engine: Callable[[], Any]) -> tuple[str, Any]:
 def build(art, backend: str, torch_engine: Callable[[], Any], precision: str = "fp32"):
     """The engine of a verified artifact on `backend` ("auto", "torch", "onnxruntime", "tensorrt").
 
-    `torch_engine()` builds the torch engine (also the source of a tracker's init_state).
+    `torch_engine()` builds the torch engine (also the tracker parts of an architecture
+    without a numpy twin, engines/tracking/tracker_parts.py).
     `precision` "fp16" is TensorRT's (an explicit other backend refuses it; "auto" uses it
     when it picks TensorRT and runs float32 elsewhere). Raises BackendUnavailable naming
     the artifact and the reason.
@@ -223,6 +227,7 @@ def build(art, backend: str, torch_engine: Callable[[], Any], precision: str = "
             f"{_name(art)}: precision {precision} runs on TensorRT only, not on {backend}"
         )
     if backend == "torch":
+        require_torch(f"{_name(art)} on the torch backend")
         return torch_engine()
     if backend == "onnxruntime":
         return onnxruntime_engine(art, torch_engine)
@@ -233,6 +238,7 @@ def build(art, backend: str, torch_engine: Callable[[], Any], precision: str = "
             f"{_name(art)}: unknown backend {backend!r}; one of auto, {', '.join(RUNTIMES)}"
         )
     if not has_onnx(art):
+        require_torch(f"{_name(art)} (no {ONNX_FILE})")
         return torch_engine()
     if trt_rt.available()[0]:
         try:
@@ -241,6 +247,8 @@ def build(art, backend: str, torch_engine: Callable[[], Any], precision: str = "
             log.warning("%s: TensorRT failed, trying ONNX Runtime: %s", _name(art), e)
     if ort_rt.available("gpu")[0]:
         return onnxruntime_engine(art, torch_engine, "gpu")
+    if not torch_installed():  # the runtime install: nothing to probe against
+        return onnxruntime_engine(art, torch_engine, "cpu")
     choice, engine = cpu_choice(art, torch_engine)
     if engine is not None:
         return engine

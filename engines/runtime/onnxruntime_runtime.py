@@ -17,9 +17,9 @@ them (preallocated output) measured no gain: batch 1, 400 interleaved calls, min
 lista-cs 1.278 ms run vs 1.279 ms bound, learned-admm-cs median 0.302 vs 0.294 ms.
 
 Trackers: the graph is one step (inputs "y" + state, outputs "mean", "cov" + next
-state, engines/export.py). `reset(n, z0)` takes the initial state from the
-artifact module's `init_state` (torch, once per reset: it is not on the per-sample path
-and keeps z0's meaning identical to the torch engine's).
+state, engines/export.py). `reset(n, z0)` takes the initial state, and the outlier gate
+its innovation and predict-through step, from the numpy twin of the artifact's module
+(engines/tracking/tracker_parts.py): no torch anywhere on this path (the runtime install).
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ class OrtTrackerEngine:
 
     `init_state(n, z0)` gives the state at reset (float32 numpy arrays, batch first);
     `has_cov` False means the graph's cov output is zeros and `step` returns cov=None.
-    `gate` (engines.tracking.gating.LearnedGate of the artifact's module) screens each
+    `gate` (engines.tracking.tracker_parts.ArrayGate of the artifact's module) screens each
     step: a missing or outlying observation is not used and its track predicts through.
     """
 
@@ -269,8 +269,6 @@ class OrtTrackerEngine:
                 f"{self.info.name}: expected observations ({self._n}, "
                 f"{', '.join(map(str, self.info.in_shape))}), got {x.shape}"
             )
-        import torch
-
         from engines.tracking.gating import observation_rows
 
         y, finite = observation_rows(x, np.float32)
@@ -282,14 +280,11 @@ class OrtTrackerEngine:
                 self._outputs, {"y": y, **dict(zip(self.state_names, self._state, strict=True))}
             )
             state = self._state
-        with torch.inference_mode():
-            t = torch.from_numpy
-            mean, cov, nxt, gated = self.gate(t(y), finite, [t(s) for s in state], t(mean), t(cov),
-                                              [t(s) for s in nxt])
+        mean, cov, nxt, gated = self.gate(y, finite, state, mean, cov, nxt)
         if not self._on_device:
-            self._state = tuple(s.numpy() for s in nxt)
+            self._state = tuple(nxt)
         else:
-            self._state = self._to_device(s.numpy() for s in nxt) if gated.any() else tuple(out)
+            self._state = self._to_device(nxt) if gated.any() else tuple(out)
         return Estimate(mean=mean, cov=cov if self.has_cov else None, gated=gated)
 
     def _step_bound(self, y: np.ndarray) -> list[Any]:

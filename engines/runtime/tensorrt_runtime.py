@@ -48,7 +48,9 @@ def _trt():
 
 
 def _cuda():
-    import torch
+    from engines.optional_torch import require_torch
+
+    torch = require_torch("TensorRT (its device buffers are torch CUDA tensors)")
 
     if not torch.cuda.is_available():
         raise BackendUnavailable(f"no CUDA device (torch {torch.__version__} sees none), so no TensorRT")
@@ -245,7 +247,7 @@ class TrtEngine:
 class TrtTrackerEngine:
     """TrackerEngine on TensorRT: the one-step graph; the recurrent state stays on the GPU.
 
-    `gate` (engines.tracking.gating.LearnedGate of the artifact's module) screens each step
+    `gate` (engines.tracking.tracker_parts.ArrayGate of the artifact's module) screens each step
     on the host: a missing or outlying observation is not used and its track predicts through.
     """
 
@@ -287,15 +289,14 @@ class TrtTrackerEngine:
         from engines.tracking.gating import observation_rows
 
         y, finite = observation_rows(x, np.float32)
-        y = torch.from_numpy(y)
-        feeds = {"y": y.to("cuda"), **dict(zip(self.state_names, self._state, strict=True))}
+        feeds = {"y": torch.from_numpy(y).to("cuda"), **dict(zip(self.state_names, self._state, strict=True))}
         out = self.graph.run(feeds)
         # the output buffers are reused by the next call: the next state must be a copy
         nxt = [out[f"next_{n}"].clone() for n in self.state_names]
-        with torch.inference_mode():
-            mean, cov, held, gated = self.gate(
-                y, finite, [s.float().cpu() for s in self._state], out["mean"].float().cpu(),
-                out["cov"].float().cpu(), [s.float().cpu() for s in nxt],
-            )
-        self._state = tuple(s.to("cuda") for s in held) if gated.any() else tuple(nxt)
+        host = [s.float().cpu().numpy() for s in nxt]
+        mean, cov, held, gated = self.gate(
+            y, finite, [s.float().cpu().numpy() for s in self._state], out["mean"].float().cpu().numpy(),
+            out["cov"].float().cpu().numpy(), host,
+        )
+        self._state = tuple(torch.from_numpy(s).to("cuda") for s in held) if gated.any() else tuple(nxt)
         return Estimate(mean=mean, cov=cov if self.has_cov else None, gated=gated)

@@ -9,11 +9,16 @@ with one intra-op thread, 1.8 ms with two (`mbdl bench session`).
 
 from __future__ import annotations
 
-import torch
+from engines.optional_torch import torch_installed
 
 
 def set_intra_op_threads(n: int) -> int:
-    """Set torch's intra-op thread count (process-wide); returns the previous value."""
+    """Set torch's intra-op thread count (process-wide); returns the previous value (0 without
+    torch: the runtime install has no torch threads to set, ONNX Runtime sets its own per session)."""
+    if not torch_installed():
+        return 0
+    import torch
+
     previous = torch.get_num_threads()
     if n > 0 and n != previous:
         torch.set_num_threads(n)

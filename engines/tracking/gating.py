@@ -49,13 +49,15 @@ passes. A missing observation leaves the widening as it is.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from scipy.special import fdtri
-from torch import Tensor
 
 from engines.errors import EngineError
+
+if TYPE_CHECKING:  # torch only in the torch trackers' helpers: the runtime install has no torch
+    from torch import Tensor
 
 TAIL = 1e-6  # probability that the gate rejects a good observation, under the model
 MAX_WIDENING = 2.0**20
@@ -72,6 +74,8 @@ def observation_rows(y: np.ndarray, dtype=np.float64) -> tuple[np.ndarray, np.nd
 
 def keep_where(gated: np.ndarray, predicted: Tensor, updated: Tensor) -> Tensor:
     """Per track (the leading axis): `predicted` where gated, else `updated`."""
+    import torch
+
     g = torch.from_numpy(gated).view(-1, *(1,) * (updated.dim() - 1))
     return torch.where(g, predicted.to(updated.dtype), updated)
 
@@ -131,6 +135,8 @@ class LearnedGate:
     """
 
     def __init__(self, module, name: str) -> None:
+        import torch
+
         self.module, self.name = module, name
         with torch.inference_mode():
             noise = module.observation_noise().double().numpy()
@@ -138,6 +144,8 @@ class LearnedGate:
         self.reset(1)
 
     def reset(self, n: int) -> None:
+        import torch
+
         self.gate.reset(n)
         self.last_cov = torch.zeros(n, self.module.n, self.module.n)
 

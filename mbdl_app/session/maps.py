@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from engines.imaging.ulm import Accumulator
+from engines.imaging.super_resolved_map import Accumulator
 from mbdl_app.session.bus import EngineStats, Result, ResultBus
 
 MAP_TASK = "super-resolution"  # results of engines with this task are accumulated

@@ -16,7 +16,7 @@ from engines.runtime import onnxruntime_runtime as ort_rt
 from engines.runtime import tensorrt_runtime as trt_rt
 from engines.runtime.backends import available_backends
 from engines.runtime.cache import engine_key
-from engines.tracking.gating import LearnedGate
+from engines.tracking.tracker_parts import ArrayGate, TorchTwin
 from mbdl_app.cli import parse_engine_spec
 
 from .conftest import TinyTracker, write_tiny_artifact
@@ -122,7 +122,7 @@ def tiny_tracker_on_onnxruntime(tmp_path):
         module.state_names,
         lambda n, z0: tuple(s.numpy() for s in module.init_state(n)),
         True,
-        LearnedGate(module, "tiny-tracker"),
+        ArrayGate(TorchTwin(module), "tiny-tracker"),
     )
 
 

@@ -43,7 +43,7 @@ from engines.runtime import tensorrt_runtime as trt_rt
 from engines.runtime.backends import example_shape
 from engines.runtime.onnxruntime_runtime import fits
 from engines.sparse_problem import SparseProblem
-from engines.tracking.gating import LearnedGate
+from engines.tracking.tracker_parts import ArrayGate, TorchTwin
 
 from .conftest import TinyTracker
 
@@ -175,7 +175,7 @@ def test_tiny_tracker_on_onnxruntime_matches_torch_over_100_steps(tmp_path):
 
     info = EngineInfo("tiny-tracker", "dnn-aided", "tracking", "onnxruntime", 1, (2,), (2,))
     engine = ort_rt.OrtTrackerEngine(info, ort_rt.open_session(path), module.state_names, init_state, True,
-                                     LearnedGate(module, "tiny-tracker"))
+                                     ArrayGate(TorchTwin(module), "tiny-tracker"))
     ys = np.cumsum(np.random.default_rng(0).normal(0, 0.5, (STEPS, 3, 2)), axis=0)
     z0 = np.random.default_rng(1).normal(0, 1, (3, 2))
     means, covs = run_tracker(engine, ys, z0)
