@@ -55,7 +55,8 @@ def requirements(pyproject: Path, extras: list[str], without: list[str]) -> list
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pyproject", type=Path, default=Path(__file__).resolve().parent.parent / "pyproject.toml")
+    root = Path(__file__).resolve().parent.parent
+    parser.add_argument("--pyproject", type=Path, default=root / "pyproject.toml")
     parser.add_argument("--extra", nargs="*", default=[])
     parser.add_argument("--without", nargs="*", default=[])
     args = parser.parse_args(argv)
