@@ -45,6 +45,9 @@ _BUILDERS: dict[str, str | Callable[..., Any]] = {
     "lfg-adaptive": "engines.comms.learned_factor_graph:build_adaptive",
     "sparcom": "engines.imaging.sparcom:build_sparcom",
     "smlm-fit": "engines.imaging.smlm_fit:build_smlm_fit",
+    "pnp-admm": "engines.imaging.pnp:build_pnp_admm",
+    "pnp-hqs": "engines.imaging.pnp:build_pnp_hqs",
+    "tv-admm": "engines.imaging.pnp:build_tv_admm",
 }
 
 BACKENDS = ("auto", "numpy", "torch", "onnxruntime", "tensorrt")
