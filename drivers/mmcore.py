@@ -65,6 +65,30 @@ def _one_line(e: BaseException) -> str:
     return text or type(e).__name__
 
 
+class MMXYStage:
+    """The core's current XY stage: position_um() -> (x, y) (getXYPosition), move_um(x, y)
+    (setXYPosition, which returns once the move is sent). A device error is one SourceError naming
+    the URI. Called from the thread that reads the source (the core is not shared across threads)."""
+
+    def __init__(self, core: Any, uri: str) -> None:
+        self.core, self.uri = core, uri
+
+    def position_um(self) -> tuple[float, float]:
+        try:
+            x, y = self.core.getXYPosition()
+        except Exception as e:
+            raise SourceError(f"{self.uri}: reading the XY stage failed: {_one_line(e)}") from None
+        return float(x), float(y)
+
+    def move_um(self, x: float, y: float) -> None:
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise SourceError(f"{self.uri}: XY stage target must be finite, got ({x}, {y})")
+        try:
+            self.core.setXYPosition(float(x), float(y))
+        except Exception as e:
+            raise SourceError(f"{self.uri}: moving the XY stage to ({x}, {y}) failed: {_one_line(e)}") from None
+
+
 class MMCoreSource(SourceBase):
     """Frames of a Micro-Manager camera in continuous sequence acquisition; see the module
     docstring. Give `config` (a .cfg file, loaded at open) or `core` (already set up)."""
@@ -187,6 +211,15 @@ class MMCoreSource(SourceBase):
         from pymmcore_plus import DeviceType
 
         return list(core.getLoadedDevicesOfType(DeviceType.Camera))
+
+    def xy_stage(self) -> MMXYStage:
+        """The core's XY stage as an actuator (a control loop moves it: mbdl_app/session/stage_control.py).
+        SourceError when the source is not open or the configuration has no XY stage."""
+        if self._core is None:
+            raise SourceError(f"{self.uri}: source is not open")
+        if not self._core.getXYStageDevice():
+            raise SourceError(f"{self.uri}: the configuration has no XY stage (Core-XYStage) to move")
+        return MMXYStage(self._core, self.uri)
 
     def close(self) -> None:
         """Stop the sequence; unload the devices of a core this source loaded. Idempotent."""

@@ -62,6 +62,7 @@ _SCHEMES: dict[str, str] = {
     "sim:lorenz": "drivers.sim.lorenz:source_from_uri",
     "sim:isi": "drivers.sim.isi:source_from_uri",
     "sim:smlm": "drivers.sim.smlm:source_from_uri",
+    "sim:particle": "drivers.sim.particle:source_from_uri",
     "replay": "drivers.recording:source_from_uri",
     "camera": "drivers.camera:source_from_uri",
     "video": "drivers.video:source_from_uri",

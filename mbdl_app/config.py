@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
@@ -56,6 +56,22 @@ class EngineConfig(_Strict):
         return self.id or self.name
 
 
+class ControlConfig(_Strict):
+    """The closed loop of a stage-tracking session (mbdl_app/session/stage_control.py): the frame
+    stream `source` (default: the first) is centred on its particle by moving its XY stage.
+    dt (s per frame; default 1 / the source's rate), pixel_um (default: the source's meta), q2, r2
+    (the plant the KF assumes), s_max (the MPC's box on |s|, um/s^2)."""
+
+    source: str | None = None
+    estimator: Literal["kf", "kf-mismatched", "kalmannet-cv"] = "kf"
+    controller: Literal["lqr", "mpc"] = "lqr"
+    dt: float | None = Field(default=None, gt=0)
+    pixel_um: float | None = Field(default=None, gt=0)
+    q2: float = Field(default=1.0, ge=0)
+    r2: float = Field(default=1.0, gt=0)
+    s_max: float = Field(default=5.0, gt=0)
+
+
 class RecordConfig(_Strict):
     path: str | None = None
 
@@ -64,6 +80,7 @@ class SessionConfig(_Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     engines: list[EngineConfig] = Field(default_factory=list)
     record: RecordConfig = Field(default_factory=RecordConfig)
+    control: ControlConfig | None = None
 
     @model_validator(mode="after")
     def _names_resolve(self) -> SessionConfig:
@@ -89,6 +106,9 @@ class SessionConfig(_Strict):
                     f"engine {e.label!r} reads source {e.source!r}, which is not defined "
                     f"(sources: {', '.join(names)})"
                 )
+        if self.control is not None and self.control.source is not None and self.control.source not in names:
+            raise ValueError(f"control reads source {self.control.source!r}, which is not defined "
+                             f"(sources: {', '.join(names)})")
         return self
 
     def to_toml_dict(self) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from mbdl_app.session.bus import EngineStats, Result, ResultBus
 from mbdl_app.session.maps import MAP_TASK, MapSink
 from mbdl_app.session.recorder import Recorder
 from mbdl_app.session.rings import FrameRing, SampleQueue
+from mbdl_app.session.stage_control import control_loop
 from mbdl_app.session.workers import (
     AcquisitionThread,
     EngineWorker,
@@ -137,6 +138,7 @@ class Session:
         self._t_stop: float | None = None
         self._started = False
         self._stopped = False
+        self.control = None  # the StageControlLoop of a [control] section, once started
 
     # ---- building -------------------------------------------------------------------
     def _open_sources(self) -> None:
@@ -372,6 +374,8 @@ class Session:
                 self.streams[source].consumers.append(q.push)
             self._rings.append(q)
             self._workers.append(w)
+        # the stage-tracking loop (if configured) acts on each frame after the engines' rings are fed
+        self.control = control_loop(self.config.control, self.streams)
         for name, stream in self.streams.items():
             keep = 2 if stream.info.kind == "frames" else self.SAMPLE_HISTORY
             recent = self._recent[name] = deque(maxlen=keep)
