@@ -25,5 +25,12 @@ fi
 cd "$out"
 "$venv/bin/pyinstaller" --noconfirm --clean --log-level WARN \
   --workpath "$out/work" --distpath "$out/dist" "$repo/packaging/desktop/mbdl.spec"
+# pyenv/python.org builds ship libpython with its debug info (~18 MB of 23); wheels' libraries are
+# left alone (auditwheel-patched libraries can break when stripped)
+if command -v strip >/dev/null; then
+  for lib in "$out"/dist/mbdl/_internal/libpython3*.so*; do
+    [ -f "$lib" ] && strip --strip-debug "$lib"
+  done
+fi
 size=$(du -sm "$out/dist/mbdl" | cut -f1)
 echo "build.sh: $out/dist/mbdl/mbdl (${size} MB); smoke test: packaging/desktop/smoke.py $out/dist/mbdl/mbdl"
