@@ -2,6 +2,7 @@
 
     sim:ceus?seed=1&rate=100&size=128      sim:lorenz?rate=500&r2=1
     sim:isi?gamma=0.2&snr=8&block=500&rate=20  (a symbol stream: blocks of received samples)
+    sim:cs?operator=lista-cs&rate=50  (compressed-sensing measurements x = H s + w of sparse codes)
     sim:smlm?seed=1&density=2&photons=1000  mmcore:MMConfig.cfg?exposure=10&roi=0,0,64,64
     replay:session.h5?stream=ceus&speed=1  (speed=0: as fast as possible)
     camera:0  video:clip.mp4  tiff:stack.tif  serial:/dev/ttyUSB0?baud=115200
@@ -63,6 +64,7 @@ _SCHEMES: dict[str, str] = {
     "sim:isi": "drivers.sim.isi:source_from_uri",
     "sim:smlm": "drivers.sim.smlm:source_from_uri",
     "sim:particle": "drivers.sim.particle:source_from_uri",
+    "sim:cs": "drivers.sim.cs:source_from_uri",
     "replay": "drivers.recording:source_from_uri",
     "camera": "drivers.camera:source_from_uri",
     "video": "drivers.video:source_from_uri",

@@ -33,6 +33,7 @@ from typer.exceptions import TyperException
 
 from drivers.errors import DriverError
 from engines.errors import EngineError
+from engines.optional_torch import TORCH_FIX
 from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig, default_config, load_config
 from mbdl_app.errors import AppError, ConfigError
 from mbdl_app.logs import setup_logging
@@ -556,6 +557,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
+    except ModuleNotFoundError as e:  # the torch-free runtime install (issue 18): say what is missing
+        if (e.name or "").split(".")[0] != "torch":
+            raise
+        if debug:
+            traceback.print_exc()
+        words = [a for a in argv if not a.startswith("-")]
+        command = " ".join(words[:2] if words[:1] in (["bench"], ["reproduce"]) else words[:1])
+        print(f"mbdl {command} needs torch: {TORCH_FIX}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import psutil
 
 import engines
+from engines.errors import TorchMissing
 from drivers import SourceInfo, open_source, parse_uri
 from drivers.base import Frame
 from drivers.errors import DriverError
@@ -40,6 +41,7 @@ from mbdl_app.session.maps import MAP_TASK, MapSink
 from mbdl_app.session.recorder import Recorder
 from mbdl_app.session.rings import FrameRing, SampleQueue
 from mbdl_app.session.stage_control import control_loop
+from mbdl_app.session.vectors import live_engine
 from mbdl_app.session.workers import (
     AcquisitionThread,
     EngineWorker,
@@ -138,6 +140,7 @@ class Session:
         self._t_stop: float | None = None
         self._started = False
         self._stopped = False
+        self.skipped: dict[str, str] = {}  # engine label -> why it does not run (needs torch)
         self.control = None  # the StageControlLoop of a [control] section, once started
 
     # ---- building -------------------------------------------------------------------
@@ -153,9 +156,6 @@ class Session:
     def _resolve_source(self, ec: EngineConfig, engine) -> str:
         """The source an engine reads: as configured, else the first of the right kind."""
         want = engine_kind(engine)
-        if want == "vectors":
-            raise SessionError(f"engine {ec.label!r} ({ec.name}) works on vectors (N, m), "
-                               "which no live stream gives; use it offline")
         if ec.source is not None:
             info = self.streams[ec.source].info
             if info.kind != want:
@@ -181,12 +181,12 @@ class Session:
     def _build_engine(self, ec: EngineConfig):
         """Build an engine; a source's meta["model"] fills the physics parameters not set."""
         params = dict(ec.params)
-        engine = engines.load(ec.name, backend=ec.backend, **params)
+        engine = live_engine(engines.load(ec.name, backend=ec.backend, **params))
         source = self._resolve_input(ec, engine) if ec.input else self._resolve_source(ec, engine)
         model = self.streams[source].info.meta.get("model", {})
         extra = {k: model[k] for k in accepted_params(ec.name) & set(model) if k not in params}
         if extra:  # a model-based engine takes the physics from the source it reads
-            engine = engines.load(ec.name, backend=ec.backend, **params, **extra)
+            engine = live_engine(engines.load(ec.name, backend=ec.backend, **params, **extra))
         return engine, source
 
     def _warm_up(self, label: str, engine, item_shape: tuple) -> tuple[tuple, tuple | None]:
@@ -230,7 +230,14 @@ class Session:
             self._open_sources()
             specs, artifacts = [], {}
             for ec in self.config.engines:
-                engine, source = self._build_engine(ec)
+                try:
+                    if ec.input in self.skipped:
+                        raise TorchMissing(f"it reads engine {ec.input!r}, which needs torch")
+                    engine, source = self._build_engine(ec)
+                except TorchMissing as e:  # the runtime install: the rest of the session runs
+                    log.warning("engine %r skipped: %s", ec.label, e)
+                    self.skipped = {**self.skipped, ec.label: str(e)}
+                    continue
                 info = engine.info
                 self.bindings[ec.label] = source
                 # trackers keep a trajectory for the views; imaging results are large
@@ -269,6 +276,9 @@ class Session:
                         "meaning": "the sum of the engine's super-resolved images so far",
                         "shape": list(shape)}))
             self._specs, self._artifacts = specs, artifacts
+            if self.skipped:
+                self.config = self.config.model_copy(update={
+                    "engines": [ec for ec in self.config.engines if ec.label not in self.skipped]})
             self._wire()
             if self.record_path is not None:
                 self.start_recording(self.record_path)

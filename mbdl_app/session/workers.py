@@ -25,7 +25,8 @@ from mbdl_app.session.stats import RateMeter
 log = logging.getLogger(__name__)
 
 # Which truth array an engine's output is scored against, by task.
-TRUTH_OF_TASK = {"clutter-suppression": "bubbles", "tracking": "state", "symbol-detection": "symbols"}
+TRUTH_OF_TASK = {"clutter-suppression": "bubbles", "tracking": "state", "symbol-detection": "symbols",
+                 "sparse-coding": "code"}
 
 
 @dataclass
