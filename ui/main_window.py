@@ -20,6 +20,7 @@ from mbdl_app.session.studio import Studio
 from ui.bridge import SessionBridge
 from ui.panels.control_panel import ControlPanel
 from ui.panels.log_panel import LogPanel
+from ui.views.control_view import ControlView
 from ui.views.image_grid import ImageGridView
 from ui.views.metrics_view import MetricsView
 from ui.views.ser_view import SerView
@@ -57,6 +58,9 @@ class MainWindow(QMainWindow):
         control = self._dock("control", "Session", self.control, Qt.DockWidgetArea.LeftDockWidgetArea)
         logs = self._dock("log", "Log", self.log_panel, Qt.DockWidgetArea.BottomDockWidgetArea)
         self._fixed_docks = (control, metrics, logs)
+        self.loop_view = ControlView()  # a stage-tracking session's control loop (hidden otherwise)
+        self.loop_dock = self._dock("loop", "Control loop", self.loop_view, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.loop_dock.hide()
         self._laid_out = False
         self.rec_label = QLabel()
         self.setup_label = QLabel()  # what runs: each source's size and rate, each engine's hop
@@ -147,6 +151,7 @@ class MainWindow(QMainWindow):
         for name, (dock, _) in self.views.items():
             if name not in wanted:
                 dock.hide()
+        self.loop_dock.setVisible(session.control is not None)
         if not self._laid_out and self.views:
             self._laid_out = True
             QTimer.singleShot(0, self, self._default_layout)  # cancelled if the window goes
@@ -192,6 +197,8 @@ class MainWindow(QMainWindow):
                     view.refresh(session)
                 except Exception as e:  # a view's bug must not take the app down
                     self.report(f"view {name}: {type(e).__name__}: {e}")
+        if self.loop_dock.isVisible():
+            self.loop_view.refresh(session)
         self.control.update_position()
 
     def _on_stats(self, st) -> None:

@@ -83,13 +83,15 @@ class StageControlLoop:
     def __init__(self, stage, *, dt: float, pixel_um: float, q2: float = 1.0, r2: float = 1.0,
                  estimator: str = "kf", controller: str = "lqr", s_max: float = 2.0, burn: int = 10,
                  history: int = 2000) -> None:
-        from engines.control.lqg import constant_velocity_plant, lqr_gain
+        from engines.control.lqg import constant_velocity_plant, kalman_gain, lqg_cost, lqr_gain
 
         if not dt > 0 or not pixel_um > 0:
             raise ValueError(f"control loop needs dt > 0 and pixel_um > 0, got dt={dt}, pixel_um={pixel_um}")
         self.stage, self.dt, self.pixel_um, self.burn = stage, float(dt), float(pixel_um), int(burn)
         self.plant = constant_velocity_plant(dt, q2, r2)
         self.K, _ = lqr_gain(self.plant.A, self.plant.B, Q_COST, R_COST)
+        L, _ = kalman_gain(self.plant.A, self.plant.C, self.plant.V, self.plant.W)
+        self.J_oracle = lqg_cost(self.plant, self.K, L, Q_COST, R_COST)  # the KF with the true noise
         self.s_max = float(s_max)
         self._lock = threading.Lock()
         self.history: deque[ControlStep] = deque(maxlen=history)
