@@ -16,7 +16,7 @@ from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import QDockWidget, QFileDialog, QLabel, QMainWindow, QWidget
 
 from mbdl_app.session.report import setup_line
-from mbdl_app.session.studio import Studio
+from mbdl_app.session.studio import Studio, artifact_engine
 from ui.bridge import SessionBridge
 from ui.panels.control_panel import ControlPanel
 from ui.panels.log_panel import LogPanel
@@ -109,6 +109,9 @@ class MainWindow(QMainWindow):
         act("Back to live", "Ctrl+L", lambda: self.guard("back to live", self.studio.back_to_live))
         act("Snapshot", "Ctrl+Shift+S", self._snapshot_dialog)
         act("Quit", "Ctrl+Q", self.close)
+        engines_menu = self.menuBar().addMenu("&Engines")
+        self.add_calibrated_action = engines_menu.addAction("Add calibrated engine...")
+        self.add_calibrated_action.triggered.connect(self._add_calibrated_dialog)
 
     def _sync_views(self) -> None:
         """One dock per stream: imaging grid for frames, track view for samples, SER view for symbols."""
@@ -273,6 +276,20 @@ class MainWindow(QMainWindow):
     def open_recording(self, path: str | Path) -> None:
         self.guard("open recording", self.studio.open_recording, path)
         self.control.sync()
+
+    def _add_calibrated_dialog(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Add calibrated engine (an artifact folder from "
+                                                "mbdl calibrate)")
+        if path:
+            self.add_calibrated_engine(path)
+
+    def add_calibrated_engine(self, path: str | Path) -> str | None:
+        """Run the artifact folder `path` (e.g. `mbdl calibrate`'s) beside the running engines, in a
+        new panel of its stream's imaging grid, without restarting the session; its label or None."""
+        label = self.guard("add engine", lambda: self.studio.add_engine(artifact_engine(path)))
+        if label:
+            self.statusBar().showMessage(f"added engine {label} ({path})", 8000)
+        return label
 
     def _snapshot_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save snapshot", "snapshot.png", "PNG (*.png)")

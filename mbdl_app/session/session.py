@@ -142,6 +142,7 @@ class Session:
         self._stopped = False
         self.skipped: dict[str, str] = {}  # engine label -> why it does not run (needs torch)
         self.control = None  # the StageControlLoop of a [control] section, once started
+        self._add_lock = threading.Lock()  # add_engine from any thread
 
     # ---- building -------------------------------------------------------------------
     def _open_sources(self) -> None:
@@ -297,6 +298,79 @@ class Session:
                                                                                           ec.source)})
                     for ec in self.config.engines]
         return self.config.model_copy(update={"engines": engines_})
+
+    def add_engine(self, ec: EngineConfig) -> str:
+        """Build `ec`'s engine and run it beside the others in this running session, without a
+        restart (the sources, the other engines and a recording in progress go on); returns its
+        label. Safe from any thread.
+
+        The engine reads its source (`ec.source`, else the first of its kind) from the next frame
+        or sample on. A recording in progress declared its engines when it began, so it does not
+        hold this engine's results; the next file does (`rotate_recording`, `start_recording`:
+        Studio.add_engine rotates at once). Raises SessionError when the session is not running,
+        the label is taken, or `ec` chains another engine or makes a super-resolution map (those
+        are set up at start), EngineError when the engine cannot be built or warmed up.
+        """
+        with self._add_lock:
+            if not self._started or self._stopped:
+                raise SessionError(f"cannot add engine {ec.label!r}: the session is not running")
+            if ec.label in self.engines:
+                raise SessionError(f"cannot add engine {ec.label!r}: the session already has one of that "
+                                   "name (give it another id)")
+            if ec.input:
+                raise SessionError(f"cannot add engine {ec.label!r} reading engine {ec.input!r} to a running "
+                                   "session; add it to the config and restart")
+            if ec.source is not None and ec.source not in self.streams:
+                raise SessionError(f"cannot add engine {ec.label!r}: no source {ec.source!r} "
+                                   f"(sources: {', '.join(self.streams)})")
+            engine, source = self._build_engine(ec)
+            info = engine.info
+            if info.task == MAP_TASK:
+                raise SessionError(f"cannot add {info.task} engine {ec.label!r} to a running session "
+                                   "(its map is set up at start); add it to the config and restart")
+            history = 1000 if is_tracker(engine) else 4
+            self.bus.register(EngineStats(ec.label, source, info.family, info.task, info.backend), history)
+            item_shape = tuple(self.streams[source].info.shape)
+            try:
+                shape, cov = self._warm_up(ec.label, engine, item_shape)
+            except Exception as e:
+                raise SessionError(f"engine {ec.label!r} failed its warm-up call on {source!r}: "
+                                   f"{type(e).__name__}: {e}") from e
+            unknown_to = self.recorder  # its file was declared without this engine
+
+            def record(r, skip=unknown_to) -> None:
+                with self._rec_lock:
+                    if self.recorder is not None and self.recorder is not skip:
+                        self.recorder.put_result(r)
+
+            if is_tracker(engine):
+                ring = SampleQueue()
+                worker = TrackerWorker(ec.label, source, engine, self.bus, self._stop, record, queue=ring)
+            else:
+                hop = self._hop(ec, info.window, shape[0])
+                self.bus.keep(ec.label, max(history, 2 * hop + 4))
+                shape = (1, *shape[1:])
+                ring = FrameRing(info.window, item_shape, hop)
+                worker = ImagingWorker(ec.label, source, engine, self.bus, self._stop, record, ring=ring)
+            self._specs.append(ResultSpec(source, ec.label, shape, cov, info={
+                "name": info.name, "family": info.family, "task": info.task, "backend": info.backend,
+                "window": info.window, "params": ec.params, "n_params": info.n_params, "shape": list(shape),
+                **({} if is_tracker(engine) else {"hop": hop})}))
+            sha = getattr(engine, "artifact_sha256", None)
+            if sha:
+                self._artifacts[ec.label] = sha
+            # new dicts, not updates: other threads (views, status) may be iterating the old ones
+            self.config = self.config.model_copy(update={"engines": [*self.config.engines, ec]})
+            self._frame_shapes = {**self._frame_shapes, ec.label: tuple(shape[1:])}
+            if not is_tracker(engine):
+                self.hops = {**self.hops, ec.label: hop}
+            self.engines = {**self.engines, ec.label: engine}
+            self.bindings = {**self.bindings, ec.label: source}
+            self._rings.append(ring)
+            self._workers.append(worker)
+            worker.start()
+            self.streams[source].consumers.append(ring.push)  # the acquisition thread's next item on
+            return ec.label
 
     def start_recording(self, path: str | Path) -> None:
         """Record every item and result from now on into a new file at `path`.

@@ -7,12 +7,16 @@ new part file (`name.part2.h5`, ...) so nothing recorded is lost.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from drivers.recording import ReplaySource
 from mbdl_app.config import EngineConfig, SessionConfig, SourceConfig
+from mbdl_app.errors import SessionError
 from mbdl_app.session import Session
 from mbdl_app.session.replay import replay_config
 
@@ -27,6 +31,21 @@ def next_part(path: Path) -> Path:
     while (cand := path.with_name(f"{base}.part{k}.h5")).exists():
         k += 1
     return cand
+
+
+def artifact_engine(folder: str | Path, source: str | None = None) -> EngineConfig:
+    """The engine of an artifact folder outside exported_models/ (a model calibrated by `mbdl
+    calibrate`): named by its absolute path (engines.load takes a path), labelled by its card's
+    name. SessionError naming the folder when it has no readable card.json."""
+    folder = Path(folder)
+    try:
+        card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
+    except OSError:
+        raise SessionError(f"{folder}: not an artifact folder (no readable card.json)") from None
+    except json.JSONDecodeError as e:
+        raise SessionError(f"{folder / 'card.json'}: not valid JSON ({e})") from None
+    label = card.get("name") if isinstance(card, dict) else None
+    return EngineConfig(name=str(folder.resolve()), id=str(label or folder.name), source=source)
 
 
 class Studio:
@@ -82,6 +101,28 @@ class Studio:
 
     def set_engines(self, engines_: list[EngineConfig]) -> Session | None:
         return self.apply(self.config.model_copy(update={"engines": engines_}))
+
+    def add_engine(self, ec: EngineConfig) -> str:
+        """One more engine beside the others, e.g. a calibrated model beside the shipped one: added
+        to the running session without a restart (Session.add_engine; a recording in progress goes
+        on in its next part file, which holds the new engine's results too) and to the config, so
+        later starts keep it. Returns its label; SessionError / EngineError in one line."""
+        try:
+            config = SessionConfig(sources=self.config.sources, engines=[*self.config.engines, ec],
+                                   record=self.config.record)
+        except ValidationError as e:
+            raise SessionError(f"add engine {ec.label!r}: {e.errors()[0]['msg']}") from None
+        if self.session is not None:
+            self.session.add_engine(ec)
+            if self.recording_path is not None:
+                part = next_part(self.recording_path)
+                self.session.rotate_recording(part)
+                self.recording_path = part
+        self.config = config
+        if self.mode == "live":
+            self.live_config = config
+        self._changed()
+        return ec.label
 
     def set_sources(self, sources: list[SourceConfig]) -> Session | None:
         names = {s.name for s in sources}
