@@ -1,9 +1,9 @@
 """`mbdl`: the command line of MBDL Studio.
 
     mbdl                      the GUI (headless default session when no display/GUI)
-    mbdl gui [--config F]
+    mbdl gui [--config F] [--calibrated ARTIFACT_DIR ...]
     mbdl run [--config F] [--source URI ...] [--engine NAME ...] [--duration S] [--record F]
-             [--rotate-min N --keep-gb G] [--health-s S]
+             [--rotate-min N --keep-gb G] [--health-s S] [--calibrated ARTIFACT_DIR ...]
     mbdl replay FILE [--engine NAME ...] [--speed X] [--record F] [--compare]
     mbdl info FILE
     mbdl repair FILE
@@ -11,6 +11,8 @@
     mbdl export FILE [--out DIR] [--format ome.tif|seq.mha|csv ...]
     mbdl export ARTIFACT [--fp16]     model.onnx (+ sha256 in the card)
     mbdl train NAME [--quick] [--out DIR] [--resume]
+    mbdl calibrate RECORDING [--teacher rpca-fista] [--student corona-ceus] [--out DIR] [--epochs N]
+                   [--max-windows N]      the student distilled from the teacher on a recording
     mbdl reproduce table2 | kalmannet | fig6 | fig7 | fig8 | fig9 [--quick] [--out DIR]
     mbdl bench session | serial | gui | sparse | engines | comms | tracker NAME | smlm
     mbdl doctor [--json]
@@ -109,6 +111,21 @@ def build_config(config: Path | None, sources: list[str], engine_specs: list[str
         raise ConfigError(f"session: {e}") from None
 
 
+def with_calibrated(cfg: SessionConfig, folders: list[Path]) -> SessionConfig:
+    """`cfg` with an engine per artifact folder (--calibrated), on the first source of its kind."""
+    from pydantic import ValidationError
+
+    from mbdl_app.session.studio import artifact_engine
+
+    if not folders:
+        return cfg
+    try:
+        return SessionConfig(sources=cfg.sources, engines=[*cfg.engines, *map(artifact_engine, folders)],
+                             record=cfg.record)
+    except ValidationError as e:
+        raise ConfigError(f"--calibrated: {e.errors()[0]['msg']}") from None
+
+
 @app.callback(invoke_without_command=True)
 def root(
     ctx: typer.Context,
@@ -139,9 +156,12 @@ def run(
         "--keep-gb", help="With --rotate-min: delete the oldest files past this many GB.")] = None,
     health_s: Annotated[float | None, typer.Option(
         "--health-s", help="A one-line health report every S seconds (for the journal).")] = None,
+    calibrated: Annotated[list[Path] | None, typer.Option(
+        "--calibrated", help="An artifact folder (mbdl calibrate's) to run beside the others; repeatable.")
+                          ] = None,
 ) -> None:
     """Run a live session headless: a status line per second, a final table."""
-    cfg = build_config(config, source or [], engine or [])
+    cfg = with_calibrated(build_config(config, source or [], engine or []), calibrated or [])
     from mbdl_app.session.headless import run_session
     from mbdl_app.session.rotation import from_options
 
@@ -299,6 +319,31 @@ def train(
     print(f"{folder}  {json.dumps(shown)}")
 
 
+@app.command()
+def calibrate(
+    recording: Annotated[Path, typer.Argument(help="A recording (.h5) with an I/Q frame stream.")],
+    teacher: Annotated[str, typer.Option(help="The model-based solver whose long run is the target.")
+                       ] = "rpca-fista",
+    student: Annotated[str, typer.Option(help="The shipped network to fine-tune.")] = "corona-ceus",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="The artifact folder to write "
+                   "(default: the user data folder, calibrated/STUDENT-cal-RECORDING).")] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the training windows.")] = 3,
+    max_windows: Annotated[int, typer.Option(help="Most windows the teacher solves (its time dominates).")
+                           ] = 400,
+    teacher_iterations: Annotated[int, typer.Option(help="Iterations of the teacher.")] = 200,
+    batch_size: Annotated[int, typer.Option(help="Windows per training step.")] = 8,
+    lr: Annotated[float, typer.Option(help="Adam's learning rate (cosine decay to 2 %).")] = 1e-3,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Calibrate a shipped network on your recording against its model-based teacher (no labels):
+    an artifact folder (card, weights, model.onnx) to run beside the shipped one (--calibrated)."""
+    from mbdl_app.training.calibrate import CalibrationConfig, run_calibration
+
+    run_calibration(recording, CalibrationConfig(teacher=teacher, student=student, epochs=epochs,
+                                                 max_windows=max_windows, batch_size=batch_size, lr=lr,
+                                                 teacher_iterations=teacher_iterations), out, quiet)
+
+
 @bench_app.command("serial")
 def bench_serial(
     out: Annotated[Path, typer.Option(help="Folder for the JSON report.")] = Path("bench_out"),
@@ -324,6 +369,9 @@ def _gui_entry(name: str):
 @app.command()
 def gui(
     config: Annotated[Path | None, typer.Option("--config", "-c", help=CONFIG_HELP)] = None,
+    calibrated: Annotated[list[Path] | None, typer.Option(
+        "--calibrated", help="An artifact folder (mbdl calibrate's) to add beside the running engines.")
+                          ] = None,
 ) -> None:
     """The desktop GUI on a session config (default: the embedded session)."""
     from mbdl_app.launch import display_available
@@ -334,7 +382,12 @@ def gui(
                        "for a headless session, or set QT_QPA_PLATFORM=offscreen")
     if config is not None:
         load_config(config)  # a malformed config is a one-line error before Qt starts
-    raise typer.Exit(run_gui(config))
+    for folder in calibrated or []:
+        from mbdl_app.session.studio import artifact_engine
+
+        artifact_engine(folder)  # so is a folder without a card
+    raise typer.Exit(run_gui(config, calibrated) if calibrated else run_gui(config))
+
 
 
 @bench_app.command("gui")
