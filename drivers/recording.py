@@ -10,6 +10,8 @@ Layout (root attribute format = "mbdl-studio-recording", format_version = 1):
     /results/<stream>/<engine>/  info (JSON), shape, cov_shape (JSON; null when no cov)
         index (n,) i8   t (n,) f8   data (n, *shape) f4   latency (n,) f8
         t_host (n, 3) f8 [acquired, infer start, infer end]   [cov (n, *cov_shape) f4]
+        [gated (n,) u1: trackers (info task "tracking"); 1 = the step predicted through,
+         its observation missing (non-finite) or gated as an outlier]
         committed () i8
 
 Frame data and frame truth are float32, sample values and sample truth float64: the
@@ -103,6 +105,7 @@ class ResultRow:
     latency: float
     t_host: tuple[float, float, float]
     cov: np.ndarray | None = None
+    gated: bool = False  # a tracker's observation was not used (missing or an outlier)
 
 
 class _Series:
@@ -242,6 +245,8 @@ def _result_layout(spec: ResultSpec, path: str) -> _Layout:
     }
     if spec.cov_shape is not None:
         columns["cov"] = (np.float32, tuple(spec.cov_shape))
+    if spec.info.get("task") == "tracking":  # which steps predicted through (gated / missing y)
+        columns["gated"] = (np.uint8, ())
     return attrs, columns
 
 
@@ -437,6 +442,8 @@ class RecordingWriter:
             columns["cov"] = self._stack(
                 [r.cov for r in rows], spec.cov_shape, np.float32, f"{what} cov"
             )
+        if spec.info.get("task") == "tracking":
+            columns["gated"] = np.array([r.gated for r in rows], dtype=np.uint8)
         self._write(self._results[key], columns, what)
         self.counts[key] = self._results[key].n
 
@@ -769,6 +776,8 @@ class RecordingReader:
                 rows = {"index": (), "t": (), "data": shape, "latency": (), "t_host": (3,)}
                 if cov_shape is not None:
                     rows["cov"] = tuple(cov_shape)
+                if "gated" in group:  # tracker results recorded since the column exists
+                    rows["gated"] = ()
                 self._result_infos[(stream, engine)] = _attr_json(group, "info", here)
                 self._results[(stream, engine)] = _open_series(group, rows, here)
         self.results: list[tuple[str, str]] = list(self._results)

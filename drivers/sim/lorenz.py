@@ -263,6 +263,8 @@ class LorenzSource(SourceBase):
     SourceEnded after n_samples when given. Samples are computed in chunks before the
     pacer waits, so the computing overlaps the waiting. A sampling-mismatch sample costs
     about 1.5 ms of Python: above about 600 Hz the stream runs late (see module docstring).
+    `missing` in [0, 1): the probability that a sample's observation is lost (its value all
+    NaN, its truth kept; drawn from the seed), e.g. a sensor that drops readings.
     """
 
     def __init__(
@@ -272,9 +274,13 @@ class LorenzSource(SourceBase):
         n_samples: int | None = None,
         speed: float = 1.0,
         uri: str = "sim:lorenz",
+        missing: float = 0.0,
     ) -> None:
         if n_samples is not None and n_samples < 0:
             raise SourceError(f"{uri}: n must be >= 0, got {n_samples}")
+        if not 0.0 <= missing < 1.0:
+            raise SourceError(f"{uri}: missing must be in [0, 1), got {missing}")
+        self.missing = float(missing)
         if speed < 0:
             raise SourceError(f"{uri}: speed must be >= 0, got {speed}")
         self.params = params or LorenzParams()
@@ -286,6 +292,7 @@ class LorenzSource(SourceBase):
         """Start the stream from the seed (re-opening starts it again)."""
         p = self.params
         self._stream = LorenzStream(p, 1)
+        self._lost = np.random.default_rng(np.random.SeedSequence(p.seed).spawn(4)[3])
         self._pacer = Pacer(p.rate_hz, self.speed)
         self._index, self._pos = 0, 0
         self._x = self._y = np.empty((0, 3))
@@ -313,19 +320,22 @@ class LorenzSource(SourceBase):
             return None
         i = self._pos
         self._index, self._pos = k + 1, i + 1
-        return Sample(index=k, t=k * self.params.dt, value=self._y[i],
+        value = self._y[i]
+        if self.missing and self._lost.random() < self.missing:
+            value = np.full_like(value, np.nan)
+        return Sample(index=k, t=k * self.params.dt, value=value,
                       truth={"state": self._x[i]})
 
     def close(self) -> None:
         self._stream = None
 
 
-_URI_PARAMS = {"seed", "rate", "r2", "q2", "obs", "angle", "J", "dt", "decimate", "n", "speed"}
+_URI_PARAMS = {"seed", "rate", "r2", "q2", "obs", "angle", "J", "dt", "decimate", "n", "speed", "missing"}
 
 
 def source_from_uri(parsed) -> LorenzSource:
     """`sim:lorenz?seed=1&rate=500&r2=1&q2=0&obs=rotated&angle=1&J=5&dt=0.02&decimate=2000
-    &n=3000&speed=1`; every parameter optional (defaults: LorenzParams)."""
+    &n=3000&speed=1&missing=0.1`; every parameter optional (defaults: LorenzParams; missing 0)."""
     parsed.check_known(_URI_PARAMS)
     d = LorenzParams()
     decimate = parsed.get("decimate", 0, int)
@@ -344,4 +354,5 @@ def source_from_uri(parsed) -> LorenzSource:
         )
     except ValueError as e:
         raise SourceError(f"{parsed.uri}: {e}") from None
-    return LorenzSource(params, n_samples=n, speed=parsed.get("speed", 1.0, float), uri=parsed.uri)
+    return LorenzSource(params, n_samples=n, speed=parsed.get("speed", 1.0, float), uri=parsed.uri,
+                        missing=parsed.get("missing", 0.0, float))

@@ -46,7 +46,7 @@ class Recorder(threading.Thread):
 
     def put_result(self, r: Result) -> None:
         row = ResultRow(index=r.index, t=r.t, data=r.data, latency=r.compute_latency,
-                        t_host=(r.t_acquired, r.t_start, r.t_end), cov=r.cov)
+                        t_host=(r.t_acquired, r.t_start, r.t_end), cov=r.cov, gated=r.gated)
         self._q.put(("result", r.stream, r.engine, row))
 
     @property
