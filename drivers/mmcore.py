@@ -86,7 +86,8 @@ class MMXYStage:
         try:
             self.core.setXYPosition(float(x), float(y))
         except Exception as e:
-            raise SourceError(f"{self.uri}: moving the XY stage to ({x}, {y}) failed: {_one_line(e)}") from None
+            raise SourceError(f"{self.uri}: moving the XY stage to ({x}, {y}) failed: "
+                              f"{_one_line(e)}") from None
 
 
 class MMCoreSource(SourceBase):

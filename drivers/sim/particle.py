@@ -10,8 +10,8 @@ The stage is this source's `stage` (an XYStage: `position_um()`, `move_um(x, y)`
 thread-safe); a controller re-centres the particle by moving it.
 
 Frames: data float32 (1, size, size); truth {"offset_um": particle - stage (2,) (x, y), the
-true offset without the jitter, "particle_um", "velocity_um_s" (the particle's), "stage_um"}; meta {"pixel_um", "dt",
-"q2", "r2", ...}. Image coordinates: x = column, y = row; the field's centre is
+true offset without the jitter, "particle_um", "velocity_um_s" (the particle's), "stage_um"};
+meta {"pixel_um", "dt", "q2", "r2", ...}. Image coordinates: x = column, y = row; the field's centre is
 ((size - 1) / 2, (size - 1) / 2) pixels.
 
 URI: sim:particle?seed=1&rate=10&size=32&pixel_um=0.25&q2=1&r2=1&psf_px=1.5&noise=0.02

@@ -109,7 +109,8 @@ def engine_from_artifact(art, *, backend: str = "auto"):
         raise BackendUnavailable(f"{art.card.get('name')}: runs on torch here, not {backend!r}")
     card = art.card
     kwargs = (card.get("architecture") or {}).get("kwargs", {})
-    module = art.build_module(lambda: build_module(card["model"], card["x0"], **kwargs), "ControlledKalmanNet")
+    module = art.build_module(lambda: build_module(card["model"], card["x0"], **kwargs),
+                              "ControlledKalmanNet")
     engine = LearnedTracker(card.get("name", art.path.name), card.get("family", "dnn-aided"), module)
     engine.card = card
     return engine

@@ -130,7 +130,8 @@ def lqg_cost(plant: LinearPlant, K: np.ndarray, L: np.ndarray, Q, R) -> float:
     Sigma = sl.solve_discrete_lyapunov(F, G @ sl.block_diag(plant.V, plant.W) @ G.T)
     Mz = np.hstack((I, np.zeros((n, n))))
     Ms = np.hstack((-K, K))  # s = -K z_hat = -K (z - e)
-    return float(np.trace(np.atleast_2d(Q) @ Mz @ Sigma @ Mz.T) + np.trace(np.atleast_2d(R) @ Ms @ Sigma @ Ms.T))
+    Q, R = np.atleast_2d(Q), np.atleast_2d(R)
+    return float(np.trace(Q @ Mz @ Sigma @ Mz.T) + np.trace(R @ Ms @ Sigma @ Ms.T))
 
 
 class KalmanEstimator:

@@ -82,9 +82,11 @@ def tune_filter_covariances(plant: LinearPlant, K: np.ndarray, Q, R, q2: float, 
     history = []
     for _ in range(iters):
         opt.zero_grad()
-        J = rollout_cost(plant, K, Q, R, log_q2, log_r2, V1, W1, runs=runs, steps=steps, burn=burn, generator=g)
+        J = rollout_cost(plant, K, Q, R, log_q2, log_r2, V1, W1, runs=runs, steps=steps, burn=burn,
+                         generator=g)
         J.backward()
         opt.step()
         history.append(float(J.detach()))
     q2_new, r2_new = float(log_q2.detach().exp()), float(log_r2.detach().exp())
-    return TuningResult(q2=q2_new, r2=r2_new, history=history, J_before=exact(q2, r2), J_after=exact(q2_new, r2_new))
+    return TuningResult(q2=q2_new, r2=r2_new, history=history, J_before=exact(q2, r2),
+                        J_after=exact(q2_new, r2_new))

@@ -19,8 +19,8 @@ stage through setXYPosition, drivers/mmcore.py). Estimator and controller can be
 while running (set_estimator / set_controller: the new one starts from the current estimate).
 
 Cost, live: c_t = mean over the two axes of z_t' Q z_t + s_t' R s_t, with z_t the true relative
-state when the frames carry it (sim:particle's truth "offset_um", "velocity_um_s") else the estimate; J = the running
-mean of c_t after `burn` frames (reset on a switch).
+state when the frames carry it (sim:particle's truth "offset_um", "velocity_um_s") else the
+estimate; J = the running mean of c_t after `burn` frames (reset on a switch).
 """
 
 from __future__ import annotations
@@ -188,7 +188,8 @@ class StageControlLoop:
             self._z_hat, self._s = z_hat, s
             J = self._sum / self._count if self._count else float("nan")
         self.stage.move_um(float(target[0]), float(target[1]))
-        step = ControlStep(getattr(frame, "index", 0), measured, z_hat[:, 0].copy(), s[:, 0].copy(), target, cost, J)
+        step = ControlStep(getattr(frame, "index", 0), measured, z_hat[:, 0].copy(), s[:, 0].copy(), target,
+                           cost, J)
         self.history.append(step)
         return step
 

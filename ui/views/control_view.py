@@ -52,7 +52,8 @@ class ControlView(QWidget):
         self.offset_plot.addLegend(offset=(5, 5))
         self.measured_curve = self.offset_plot.plot(pen=None, symbol="o", symbolSize=3,
                                                     symbolBrush=TRUTH_COLOUR, name="measured")
-        self.estimate_curve = self.offset_plot.plot(pen=pg.mkPen(engine_colour(1), width=1.5), name="estimate")
+        self.estimate_curve = self.offset_plot.plot(pen=pg.mkPen(engine_colour(1), width=1.5),
+                                                    name="estimate")
         lay.addWidget(w, 2)
         self.estimator.currentTextChanged.connect(lambda name: self._switch("estimator", name))
         self.controller.currentTextChanged.connect(lambda name: self._switch("controller", name))
@@ -68,7 +69,8 @@ class ControlView(QWidget):
             self._sync_combos()
 
     def _sync_combos(self) -> None:
-        for combo, name in ((self.estimator, self.loop.estimator_name), (self.controller, self.loop.controller_name)):
+        loop = self.loop
+        for combo, name in ((self.estimator, loop.estimator_name), (self.controller, loop.controller_name)):
             if combo.currentText() != name:
                 combo.blockSignals(True)
                 combo.setCurrentText(name)
@@ -92,6 +94,7 @@ class ControlView(QWidget):
         self.estimate_curve.setData(k, np.array([s.estimate[0] for s in steps]))
         J = loop.J
         self.summary.setText(f"{loop.estimator_name} + {loop.controller_name}: J = "
-                             f"{'–' if np.isnan(J) else f'{J:.3f}'} (oracle LQG {loop.J_oracle:.3f}), frame {steps[-1].index}")
+                             f"{'–' if np.isnan(J) else f'{J:.3f}'} (oracle LQG {loop.J_oracle:.3f}), "
+                             f"frame {steps[-1].index}")
         self.updates += 1
         return True

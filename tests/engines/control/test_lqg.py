@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 
 from engines.control.closed_loop import LinearController, simulate
-from engines.control.lqg import (KalmanEstimator, LinearPlant, constant_velocity_plant, kalman_gain, lqg_cost,
-                                 lqr_gain)
+from engines.control.lqg import (
+    KalmanEstimator,
+    LinearPlant,
+    constant_velocity_plant,
+    kalman_gain,
+    lqg_cost,
+    lqr_gain,
+)
 from engines.control.mpc import BoxMPC
 
 Q, R = np.eye(2), np.array([[0.1]])
@@ -45,7 +51,8 @@ def test_reference_costs_in_closed_form():
     J = lqg_cost(plant, K, L, Q, R)
     assert J == pytest.approx(2.787, abs=5e-4)  # issue 17: oracle LQG
     Sigma = P - L @ plant.C @ P  # the separation formula tr(SV) + tr(Sigma K'(R + B'SB)K)
-    assert J == pytest.approx(np.trace(S @ plant.V) + np.trace(Sigma @ K.T @ (R + plant.B.T @ S @ plant.B) @ K))
+    G = R + plant.B.T @ S @ plant.B
+    assert J == pytest.approx(np.trace(S @ plant.V) + np.trace(Sigma @ K.T @ G @ K))
     L_mis, _ = kalman_gain(plant.A, plant.C, plant.V, [[0.01]])
     assert lqg_cost(plant, K, L_mis, Q, R) == pytest.approx(15.48, abs=0.01)  # issue 17: J ~ 15.5
 
