@@ -96,12 +96,10 @@ class CalibrationConfig:
 
 @dataclass
 class Windows:
-    """The recording's windows of one split: D (n, T, 2, p, p), truth S or None, and where each
-    came from (block index, tile index)."""
+    """The recording's windows of one split: D (n, T, 2, p, p) and, from a simulator, the truth S."""
 
     D: torch.Tensor
     truth: torch.Tensor | None
-    blocks: list[int]
 
 
 @dataclass
@@ -190,8 +188,7 @@ def recording_windows(path: Path, config: CalibrationConfig, window: int
             D_all = np.concatenate(D)
             pick = _pick(len(D_all), cap) if cap is not None else list(range(len(D_all)))
             out[name] = Windows(torch.from_numpy(D_all[pick]),
-                                torch.from_numpy(np.concatenate(S)[pick]) if has_truth else None,
-                                [keep[i // tiles] for i in pick])
+                                torch.from_numpy(np.concatenate(S)[pick]) if has_truth else None)
         source = {"path": str(Path(path).resolve()), "sha256": sha256_of(Path(path)), "stream": stream,
                   "uri": info.uri, "frame_shape": list(info.shape), "rate_hz": info.rate_hz,
                   "frames": n_frames, "frames_used": frames_used, "window": window, "patch": p,
@@ -294,7 +291,7 @@ def calibrate(recording: str | Path, config: CalibrationConfig = CalibrationConf
             "teacher": round(float(F.mse_loss(held_S, truth)), 6),
             "shipped": round(mse(shipped, held_D, truth), 6),
             "calibrated": round(mse(model, held_D, truth), 6)}
-    name = _name(config.student, recording)
+    name = _name(card0.get("name", config.student), recording)  # a path's card names it
     folder = Path(out) if out is not None else default_out_dir(name)
     wall = round(time.monotonic() - start, 3)  # rewritten with the ONNX export below
     calibration = {
