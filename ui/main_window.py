@@ -24,6 +24,7 @@ from ui.views.control_view import ControlView
 from ui.views.image_grid import ImageGridView
 from ui.views.metrics_view import MetricsView
 from ui.views.ser_view import SerView
+from ui.views.sparse_view import SparseView
 from ui.views.track_view import TrackView
 
 log = logging.getLogger(__name__)
@@ -129,14 +130,16 @@ class MainWindow(QMainWindow):
         for name, (kind, labels, info) in wanted.items():
             symbols = "symbols" in info.truth_shapes or any(
                 session.engines[e].info.task == "symbol-detection" for e in labels if e in session.engines)
-            cls = ImageGridView if kind == "frames" else SerView if symbols else TrackView
+            cls = (ImageGridView if kind == "frames" else SerView if symbols
+                   else SparseView if "code" in info.truth_shapes else TrackView)
             entry = self.views.get(name)
             if entry is None or not isinstance(entry[1], cls):
                 if entry is not None:
                     self.stage.removeDockWidget(entry[0])
                     entry[0].deleteLater()
                 view = cls(name)
-                title = {ImageGridView: "Imaging", TrackView: "Tracking", SerView: "Symbols"}[cls]
+                title = {ImageGridView: "Imaging", TrackView: "Tracking", SerView: "Symbols",
+                         SparseView: "Sparse coding"}[cls]
                 dock = self._dock(f"view:{name}", f"{title}: {name}", view,
                                   Qt.DockWidgetArea.TopDockWidgetArea, host=self.stage)
                 self.views[name] = entry = (dock, view)
