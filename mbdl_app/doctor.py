@@ -22,6 +22,7 @@ import ctypes.util
 import importlib
 import importlib.util
 import json
+import os
 import platform
 import re
 import subprocess
@@ -92,10 +93,12 @@ def gpus() -> list[dict[str, Any]]:
 
 def qt_window(timeout: float = QT_TIMEOUT_S) -> dict[str, Any]:
     """Whether Qt opens a window here: {"qt", "platform", "window", "error"} from a subprocess."""
+    # a frozen app (packaging/desktop) has no `python -c`: its entry script runs the probe on MBDL_QT_PROBE
+    frozen = getattr(sys, "frozen", False)
+    cmd = [sys.executable] if frozen else [sys.executable, "-c", _QT_PROBE]
+    env = {**os.environ, "MBDL_QT_PROBE": "1"} if frozen else None
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", _QT_PROBE], capture_output=True, text=True, timeout=timeout, check=False
-        )
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
     except subprocess.TimeoutExpired:
         return {"qt": False, "platform": None, "window": False, "error": f"no answer within {timeout:g} s"}
     if done.returncode != 0:

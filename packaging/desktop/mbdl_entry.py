@@ -1,6 +1,7 @@
 """The frozen app's entry point: `mbdl ...` exactly as the installed console script.
 
-One test hook, for packaging/desktop/smoke.py only: MBDL_SMOKE_GUI_S=S opens the GUI on the
+MBDL_QT_PROBE=1 runs `mbdl doctor`'s Qt probe instead (what `python -c PROBE` does unfrozen). One test
+hook, for packaging/desktop/smoke.py only: MBDL_SMOKE_GUI_S=S opens the GUI on the
 default session (offscreen when no display), prints `first_frame_s=T` when an imaging view
 first shows a frame (T from the process's creation, so it includes the bootloader unpacking
 nothing and Python starting: the cold start a user waits through), and quits after S seconds
@@ -46,6 +47,11 @@ def _smoke_gui(seconds: float) -> int:
 
 
 if __name__ == "__main__":
+    if os.environ.get("MBDL_QT_PROBE"):  # `mbdl doctor`'s Qt probe (a frozen app has no `python -c`)
+        from mbdl_app.doctor import _QT_PROBE
+
+        exec(_QT_PROBE)
+        sys.exit(0)
     if os.environ.get("MBDL_SMOKE_GUI_S"):
         sys.exit(_smoke_gui(float(os.environ["MBDL_SMOKE_GUI_S"])))
     from mbdl_app.cli import main

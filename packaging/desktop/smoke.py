@@ -70,12 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         env = {**base, "HOME": tmp, "XDG_CACHE_HOME": str(Path(tmp) / "cache")}  # a fresh user: no caches
         rec = Path(tmp) / "smoke.h5"
         steps.append(_run("help", [str(exe), "--help"], env, 120))
-        steps.append(_run("run", [str(exe), "run", "--duration", f"{args.run_seconds:g}", "--record", str(rec),
-                                  "--quiet"], env, 180 + args.run_seconds))
+        steps.append(_run("run", [str(exe), "run", "--duration", f"{args.run_seconds:g}",
+                                  "--record", str(rec), "--quiet"], env, 180 + args.run_seconds))
         if steps[-1]["ok"] and "Engines" not in steps[-1]["stdout"]:
             steps[-1].update(ok=False, rc=f"{steps[-1]['rc']} (no engine table printed)")
         steps.append(_run("info", [str(exe), "info", str(rec)], env, 120))
         steps.append(_run("doctor", [str(exe), "doctor"], {**env, "QT_QPA_PLATFORM": "offscreen"}, 180))
+        qt_line = next((ln for ln in steps[-1]["stdout"].splitlines() if ln.startswith("qt window")), "")
+        if steps[-1]["ok"] and "platform offscreen" not in qt_line:  # the Qt probe runs inside the bundle
+            steps[-1].update(ok=False, rc=f"{steps[-1]['rc']} (Qt probe: {qt_line or 'no qt line'})")
         firsts = []
         for i in range(args.gui_runs):
             s = _run(f"gui{i + 1}", [str(exe)], {**env, "QT_QPA_PLATFORM": "offscreen",
