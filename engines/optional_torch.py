@@ -17,7 +17,7 @@ TORCH_FIX = "pip install 'mbdl-studio[torch]'"
 
 def torch_installed() -> bool:
     """Whether torch can be imported here, found without importing it."""
-    if "torch" in sys.modules:
+    if sys.modules.get("torch") is not None:
         return True
     try:
         return importlib.util.find_spec("torch") is not None

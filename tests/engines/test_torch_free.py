@@ -35,16 +35,12 @@ ARTIFACTS = {d.name: d for d in exported_models.artifact_dirs()}
 TRACKERS = ("kalmannet-lorenz", "mbrnn-lorenz")
 # the shipped artifacts checked without torch: (name, inputs of one call / observations of a track)
 STATELESS = ("corona-ceus", "ulm-lista", "lista-cs", "unfolded-admm-cs")
-# Python with torch blocked, as an install without the torch extra sees it
+# Python with torch blocked, as an install without the torch extra sees it: `import torch` raises
+# ModuleNotFoundError and importlib.util.find_spec("torch") is None
 NO_TORCH = textwrap.dedent("""
     import sys
 
-    class NoTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "torch":
-                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-
-    sys.meta_path.insert(0, NoTorch())
+    sys.modules["torch"] = None
 """)
 
 
@@ -230,7 +226,7 @@ WITHOUT_TORCH = """
 
     entries = catalog()
     out["catalog"] = {e.name: e.error for e in entries}
-    out["torch_loaded"] = "torch" in sys.modules
+    out["torch_loaded"] = sys.modules.get("torch") is not None
     print(json.dumps(out))
 """
 
@@ -282,7 +278,7 @@ EDGE_SESSION = """
     stats = {k: v["results"] for k, v in session.bus.snapshot().items()}
     print(json.dumps({"results": stats, "skipped": session.skipped,
                       "backends": {k: e.info.backend for k, e in session.engines.items()},
-                      "torch_loaded": "torch" in sys.modules}))
+                      "torch_loaded": sys.modules.get("torch") is not None}))
 """
 
 
