@@ -14,7 +14,8 @@
     mbdl train kalmannet --data FILE [--model lorenz] [--val-frac 0.2] [--epochs N] [--out DIR]
     mbdl calibrate RECORDING [--teacher rpca-fista] [--student corona-ceus] [--out DIR] [--epochs N]
                    [--max-windows N]      the student distilled from the teacher on a recording
-    mbdl reproduce table2 | table2-independent | kalmannet | fig6 | fig7 | fig8 | fig9 [--quick] [--out DIR]
+    mbdl reproduce table2 | table2-independent | kalmannet | fig6 | fig7 | fig8 | fig9 | control [--quick]
+                   [--out DIR]
     mbdl bench session | serial | gui | sparse | engines | comms | tracker NAME | smlm
     mbdl doctor [--json]
 
@@ -107,7 +108,8 @@ def build_config(config: Path | None, sources: list[str], engine_specs: list[str
         names = {s.name for s in srcs}
         engines_ = [e for e in engines_ if e.source in names]
     try:
-        return SessionConfig(sources=srcs, engines=engines_, record=cfg.record)
+        return SessionConfig(sources=srcs, engines=engines_, record=cfg.record,
+                             control=None if sources else cfg.control)  # --source drops the stage loop
     except ValueError as e:
         raise ConfigError(f"session: {e}") from None
 
@@ -122,7 +124,7 @@ def with_calibrated(cfg: SessionConfig, folders: list[Path]) -> SessionConfig:
         return cfg
     try:
         return SessionConfig(sources=cfg.sources, engines=[*cfg.engines, *map(artifact_engine, folders)],
-                             record=cfg.record)
+                             record=cfg.record, control=cfg.control)
     except ValidationError as e:
         raise ConfigError(f"--calibrated: {e.errors()[0]['msg']}") from None
 
@@ -621,6 +623,18 @@ def reproduce_fig9(
     from mbdl_app.experiments.fig9 import run_fig9
 
     run_fig9(out / "fig9", quick=quick)
+
+
+@reproduce_app.command("control")
+def reproduce_control(
+    out: Annotated[Path, typer.Option(help="Folder for the CSV, JSON and PNG.")] = Path("reproduce_out"),
+    quick: Annotated[bool, typer.Option(help="Tiny Monte Carlo and tuning (smoke).")] = False,
+) -> None:
+    """Issue 17 / seed Ex. 6-8, 12: closed-loop cost J of LQG (oracle, mismatched KF, KalmanNet, KF tuned on
+    J), box-constrained MPC on the CV plant, and LQR at the Lorenz equilibrium with EKF / KalmanNet."""
+    from mbdl_app.experiments.control import run_control
+
+    run_control(out / "control", quick=quick)
 
 
 def main(argv: list[str] | None = None) -> None:

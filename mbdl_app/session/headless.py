@@ -57,6 +57,10 @@ def run_session(cfg: SessionConfig, duration: float | None, record: Path | None,
         session.stop()
     st = session.status()
     final_tables(st)
+    if session.control is not None:  # a stage-tracking session: its closed-loop cost
+        c = session.control
+        print(f"control: {c.estimator_name} + {c.controller_name}, {len(c.history)} frames, J = {c.J:.3f} "
+              f"(oracle LQG {c.J_oracle:.3f})", flush=True)
     failed = [n for n, e in st.engines.items() if e["state"] == "failed"]
     failed += [n for n, s in st.sources.items() if s["state"] == "failed"]
     if st.recorder and st.recorder["state"] == "failed":
