@@ -25,11 +25,11 @@ import numpy as np
 import psutil
 
 import engines
-from engines.errors import TorchMissing
 from drivers import SourceInfo, open_source, parse_uri
 from drivers.base import Frame
 from drivers.errors import DriverError
 from drivers.recording import ResultSpec
+from engines.errors import TorchMissing
 from engines.load import accepted_params
 from engines.runtime.threads import set_intra_op_threads
 from mbdl_app import __version__
