@@ -2,10 +2,7 @@
 the NVIDIA driver and CUDA runtime, TensorRT, ONNX Runtime's GPU providers, torch, and each thing
 missing with its one-line fix."""
 
-import subprocess
-import sys
-
-from mbdl_app.doctor import JETSON_INDEX, jetson, missing, platform_report
+from mbdl_app.doctor import JETSON_INDEX, collect, jetson, missing, platform_report, render
 
 # the first line of /etc/nv_tegra_release on a JetPack 6.2 Orin (the L4T release file's format)
 ORIN_JP62 = ("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, "
@@ -53,10 +50,11 @@ def test_a_jetson_without_the_gpu_builds_gets_the_jetson_index_fixes(tmp_path):
     assert any(m["what"].startswith("JetPack 6") for m in missing(platform_report(f)))
 
 
-def test_doctor_text_has_the_platform_lines():
-    done = subprocess.run([sys.executable, "-m", "mbdl_app.cli", "doctor"], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
+def test_doctor_text_has_the_platform_lines_and_each_fix():
+    report = collect(probe_qt=False)  # the Qt probe has its own test (test_engines_bench_and_doctor.py)
+    text = render(report)
     for field in ("jetson        not a Jetson", "nvidia driver", "cuda          runtime", "tensorrt lib",
                   "ort gpu", "missing"):
-        assert field in done.stdout, (field, done.stdout)
+        assert field in text, (field, text)
+    for m in report["missing"]:
+        assert f"  - {m['what']}" in text and f"fix: {m['fix']}" in text
