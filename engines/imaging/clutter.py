@@ -25,8 +25,10 @@ from torch import nn
 from engines.base import EngineInfo, Family, check_finite
 from engines.errors import ArtifactError, BackendUnavailable, EngineInputError
 from engines.imaging.corona import CORONA
+from engines.imaging.corona_fast import CoronaFast
 from engines.imaging.resnet import ComplexResNet
 from engines.imaging.rpca import RobustPCA
+from engines.runtime.chunking import run_in_chunks
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "corona": Architecture(CORONA, "unfolded"),
+    "corona-fast": Architecture(CoronaFast, "unfolded"),
     "resnet": Architecture(ComplexResNet, "black-box"),
 }
 
@@ -68,8 +71,11 @@ class ClutterEngine:
         if x.shape[0] == 0:
             raise EngineInputError(f"{self.info.name}: got an empty batch {x.shape}; expected N >= 1 inputs")
         check_finite(self.info.name, x)
-        with torch.no_grad():
-            S = self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        return run_in_chunks(self._separate, np.ascontiguousarray(x, dtype=np.float32))  # bounded memory
+
+    def _separate(self, x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            S = self.module(torch.from_numpy(x))
         S = S[:, -1:] if self.output == "last" else S
         return S.numpy()
 

@@ -100,15 +100,17 @@ def top_eigenvalue(A: Tensor, squarings: int = POWER_SQUARINGS) -> Tensor:
     return (v.transpose(-2, -1) @ A @ v)[..., 0, 0]
 
 
-def svt_gain(G: Tensor, tau: Tensor | float) -> tuple[Tensor, Tensor]:
+def svt_gain(G: Tensor, tau: Tensor | float, sign_iterations: int = SIGN_ITERATIONS,
+             inv_sqrt_iterations: int = INV_SQRT_ITERATIONS) -> tuple[Tensor, Tensor]:
     """g(G) = I - tau M^{-1/2}, M = max(G, tau^2 I), of the Gram embedding G (N, 2T, 2T): its real
-    and imaginary parts (N, T, T), so that SVT_tau(Z) = Z g(G). `tau` (N,) or a float, >= 0."""
+    and imaginary parts (N, T, T), so that SVT_tau(Z) = Z g(G). `tau` (N,) or a float, >= 0; the
+    Newton-Schulz iteration counts default to the accurate ones (a student network may train with fewer)."""
     T = G.shape[-1] // 2
     eye = torch.eye(2 * T, dtype=G.dtype, device=G.device)
     tau = as_threshold(tau, G).reshape(-1, 1, 1)
     shifted = G - tau.square() * eye
-    M = 0.5 * (G + tau.square() * eye + shifted @ matrix_sign(shifted))  # max(G, tau^2 I)
-    g = eye - tau * inverse_sqrt(M)
+    M = 0.5 * (G + tau.square() * eye + shifted @ matrix_sign(shifted, sign_iterations))  # max(G, tau^2 I)
+    g = eye - tau * inverse_sqrt(M, inv_sqrt_iterations)
     return g[..., :T, :T], g[..., T:, :T]  # g(G) = gr + i gi from its embedding
 
 

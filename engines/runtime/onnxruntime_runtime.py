@@ -32,6 +32,7 @@ import numpy as np
 
 from engines.base import EngineInfo, Estimate, check_finite
 from engines.errors import ArtifactError, BackendUnavailable, EngineError, EngineInputError
+from engines.runtime.chunking import run_in_chunks
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -197,8 +198,8 @@ class OrtEngine:
         self._output = [session.get_outputs()[0].name]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = checked_input(self.info, x)
-        y = self.session.run(self._output, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
+        x = np.ascontiguousarray(checked_input(self.info, x), dtype=np.float32)
+        y = run_in_chunks(lambda c: self.session.run(self._output, {"x": c})[0], x)  # bounded memory
         if not np.isfinite(y).all():
             raise EngineError(f"{self.info.name}: the output became non-finite")
         return y

@@ -9,7 +9,10 @@ Per artifact and backend (torch, onnxruntime, tensorrt):
 - throughput at batch 8 and 32 (samples/s, from the median time of a call; trackers:
   steps of 8 or 32 tracks);
 - memory: growth of the process RSS from before loading to after the runs (MiB;
-  approximate, since allocators keep freed pages and backends share the process).
+  approximate, since allocators keep freed pages and backends share the process), and the
+  PEAK RSS at batch PEAK_BATCH (issue 15: <= 1 GiB for every shipped artifact on torch and
+  ONNX Runtime), measured in a fresh process per artifact and backend (mbdl_app/bench/peak_rss.py:
+  imports + load + two calls; its peak after loading alone beside it).
 Every artifact also gets the ratio ONNX Runtime p50 / torch p50 at batch 1 (the issue's
 CPU target: <= 0.75 for CORONA and the KalmanNet step). Both runtimes use one intra-op
 thread, as in a live session (engines/runtime/threads.py). Inputs are N(0, 0.3^2) draws
@@ -34,11 +37,13 @@ from engines.errors import BackendUnavailable, UnknownEngineError
 from engines.load import load_artifact
 from engines.runtime.backends import available_backends, example_shape, timed_call
 from engines.runtime.threads import set_intra_op_threads
+from mbdl_app.bench.peak_rss import TARGET_MIB, measure_peak
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 BUDGET_S = 30.0  # per artifact and batch size
 MIN_CALLS = 5  # batch-1 latency rounds at least; throughput rounds: at least one
 INPUT_STD = 0.3
+PEAK_BATCH = 8
 
 
 def _rss_mib() -> float:
@@ -98,8 +103,10 @@ def bench_artifact(
     repeats: int,
     throughput_repeats: int,
     batches: tuple[int, ...] = (8, 32),
+    peak_batch: int | None = PEAK_BATCH,
 ) -> dict[str, Any]:
-    """One artifact on each of `backends` that can run it here; skipped ones say why."""
+    """One artifact on each of `backends` that can run it here; skipped ones say why. `peak_batch`
+    None skips the peak-RSS processes."""
     rng = np.random.default_rng(0)
     loaded: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
@@ -131,6 +138,10 @@ def bench_artifact(
             **{f"throughput_b{n}_per_s": round(n / float(np.median(thr[n][b])), 1) for n in batches},
             "rss_growth_mib": round(_rss_mib() - loaded[b]["rss_before"], 1),
         }
+    for b in result["backends"] if peak_batch else ():
+        peak = measure_peak(folder, b, peak_batch)
+        met = "peak_rss_mib" in peak and peak["peak_rss_mib"] <= TARGET_MIB
+        result["backends"][b]["peak_rss"] = {**peak, "target_mib": TARGET_MIB, "met": met}
     if "onnxruntime" in result["backends"] and "torch" in result["backends"]:
         result["ort_over_torch_p50"] = round(
             result["backends"]["onnxruntime"]["p50_ms"] / result["backends"]["torch"]["p50_ms"], 3
@@ -147,17 +158,19 @@ def table(report: dict[str, Any]) -> str:
     width = max([len(a["artifact"]) for a in report["artifacts"]] + [8])
     head = (
         f"{'artifact':<{width}} {'backend':<12} {'first s':>8} {'p50 ms':>9} {'p99 ms':>9} "
-        f"{'b8 /s':>9} {'b32 /s':>9} {'RSS MiB':>8} {'ORT/torch':>9}"
+        f"{'b8 /s':>9} {'b32 /s':>9} {'RSS MiB':>8} {'peak b8':>8} {'ORT/torch':>9}"
     )
     lines = [head, "-" * len(head)]
     for a in report["artifacts"]:
         for b, r in a["backends"].items():
             ratio = a.get("ort_over_torch_p50") if b == "onnxruntime" else None
             b8, b32 = _rate(r["throughput_b8_per_s"]), _rate(r["throughput_b32_per_s"])
+            peak = r.get("peak_rss", {}).get("peak_rss_mib")
             lines.append(
                 f"{a['artifact']:<{width}} {b:<12} {r['first_call_s']:>8.3f} {r['p50_ms']:>9.3f} "
                 f"{r['p99_ms']:>9.3f} {b8:>9} {b32:>9} "
-                f"{r['rss_growth_mib']:>8.1f} {'' if ratio is None else f'{ratio:.3f}':>9}"
+                f"{r['rss_growth_mib']:>8.1f} {'' if peak is None else f'{peak:.0f}':>8} "
+                f"{'' if ratio is None else f'{ratio:.3f}':>9}"
             )
         for b, why in a["skipped"].items():
             lines.append(f"{a['artifact']:<{width}} {b:<12} skipped: {why}")
@@ -196,6 +209,7 @@ def run_engines_bench(
             "repeats_batch1": repeats,
             "repeats_throughput": throughput_repeats,
             "threads": 1,
+            "peak_rss_batch": PEAK_BATCH,
             "input": f"N(0, {INPUT_STD}^2) float32",
             "backends_requested": list(backends),
         },
@@ -211,6 +225,11 @@ def run_engines_bench(
         "artifacts": results,
         "wall_time_s": round(time.time() - started, 1),
     }
+    report["peak_rss_over_target"] = [f"{a['artifact']} on {b}" for a in results
+                                      for b, r in a["backends"].items()
+                                      if "peak_rss" in r and not r["peak_rss"]["met"]]
     (out / "engines.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     log(table(report))
+    over = ", ".join(report["peak_rss_over_target"]) or "none"
+    log(f"peak RSS at batch {PEAK_BATCH} over {TARGET_MIB} MiB: {over}")
     return report

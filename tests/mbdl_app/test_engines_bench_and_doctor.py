@@ -28,6 +28,9 @@ def test_bench_engines_measures_each_backend_and_skips_tensorrt_with_its_reason(
     for r in a["backends"].values():
         assert 0 < r["p50_ms"] <= r["p99_ms"] and r["first_call_s"] > 0 and r["kind"] == "call"
         assert r["throughput_b8_per_s"] > 0 and r["throughput_b32_per_s"] > 0
+        peak = r["peak_rss"]  # a fresh process per backend: imports + load, then two calls at batch 8
+        assert peak["batch"] == 8 and peak["peak_rss_mib"] >= peak["peak_rss_after_load_mib"] > 50
+        assert peak["met"] == (peak["peak_rss_mib"] <= peak["target_mib"] == 1024)
     assert a["backends"]["onnxruntime"]["providers"][-1] == "CPUExecutionProvider"
     assert a["ort_over_torch_p50"] == pytest.approx(
         a["backends"]["onnxruntime"]["p50_ms"] / a["backends"]["torch"]["p50_ms"], rel=1e-2
