@@ -21,6 +21,10 @@ while running (set_estimator / set_controller: the new one starts from the curre
 Cost, live: c_t = mean over the two axes of z_t' Q z_t + s_t' R s_t, with z_t the true relative
 state when the frames carry it (sim:particle's truth "offset_um", "velocity_um_s") else the
 estimate; J = the running mean of c_t after `burn` frames (reset on a switch).
+
+A frame without a spot is a missing measurement (the estimator predicts through); after MAX_COAST
+of them in a row the particle is lost and the stage is held where it is (no runaway on a guess)
+until the spot is seen again.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ ESTIMATORS = ("kf", "kf-mismatched", "kalmannet-cv")
 CONTROLLERS = ("lqr", "mpc")
 Q_COST, R_COST = np.eye(2), np.array([[0.1]])
 MISMATCHED_R2 = 0.01
+MAX_COAST = 10  # frames without a spot after which the stage stops (held) instead of following a guess
 
 
 def centroid_offset_px(image: np.ndarray, min_snr: float = 5.0) -> np.ndarray:
@@ -81,7 +86,7 @@ class StageControlLoop:
     """
 
     def __init__(self, stage, *, dt: float, pixel_um: float, q2: float = 1.0, r2: float = 1.0,
-                 estimator: str = "kf", controller: str = "lqr", s_max: float = 2.0, burn: int = 10,
+                 estimator: str = "kf", controller: str = "lqr", s_max: float = 5.0, burn: int = 10,
                  history: int = 2000) -> None:
         from engines.control.lqg import constant_velocity_plant, kalman_gain, lqg_cost, lqr_gain
 
@@ -97,6 +102,7 @@ class StageControlLoop:
         self.history: deque[ControlStep] = deque(maxlen=history)
         self._v = np.zeros(2)  # the stage's velocity, um/s (the controller integrates it)
         self._pos: np.ndarray | None = None  # the stage position last commanded
+        self._missing = 0  # consecutive frames without a spot
         self._s = np.zeros((2, 1))
         self._z_hat = np.zeros((2, 2))
         self._estimator = self._controller = None
@@ -164,11 +170,14 @@ class StageControlLoop:
         with self._lock:
             est, ctrl = self._estimator, self._controller
             if np.all(np.isfinite(measured)):
-                x = measured[:, None]
+                x, self._missing = measured[:, None], 0
             else:  # no spot: feed the prediction (the update changes nothing)
                 x = (self._z_hat @ self.plant.A.T + self._s @ self.plant.B.T)[:, :1]
+                self._missing += 1
             z_hat = np.asarray(est.step(x, self._s), dtype=float)
             s = np.asarray(ctrl(z_hat), dtype=float).reshape(2, 1)
+            if self._missing > MAX_COAST:  # lost: hold the stage rather than chase a prediction
+                s, self._v = np.zeros((2, 1)), np.zeros(2)
             a = -s[:, 0]  # the stage's acceleration
             if self._pos is None:  # integrate our own commands (a real stage may lag behind them)
                 self._pos = np.array(self.stage.position_um(), dtype=float)

@@ -72,6 +72,26 @@ def test_switching_estimator_keeps_tracking_and_restarts_J():
         loop.set_estimator("ekf")
 
 
+def test_a_lost_particle_holds_the_stage_instead_of_chasing_a_guess():
+    from drivers.base import Frame
+    from mbdl_app.session.stage_control import MAX_COAST
+
+    src = open_source(URI)
+    src.open()
+    stage = src.xy_stage()
+    loop = StageControlLoop(stage, dt=0.1, pixel_um=0.25)
+    run_loop(src, loop, 50)
+    noise = np.random.default_rng(1).normal(0, 0.02, (40, 1, 48, 48)).astype(np.float32)
+    positions = []
+    for k, img in enumerate(noise):
+        loop.on_frame(Frame(index=1000 + k, t=0.0, data=img))
+        positions.append(stage.position_um())
+    assert np.isnan(loop.history[-1].measured).all()
+    held = np.array(positions[MAX_COAST + 1:])
+    assert np.all(held == held[0])  # not moved once lost
+    assert not np.all(np.array(positions[:MAX_COAST]) == held[0])  # it coasted on the estimate before
+
+
 def test_shipped_stage_session_runs_the_loop_live():
     cfg = load_config("stage")
     assert cfg.control is not None and cfg.control.estimator == "kf"
