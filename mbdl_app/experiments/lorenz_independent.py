@@ -8,15 +8,20 @@ set shares none of it:
 - integrator: scipy's DOP853 (explicit Runge-Kutta of order 8, Hairer & Wanner) on the
   exact ODE dx/dt = (10 (x2 - x1), x1 (28 - x3) - x2, x1 x2 - 8/3 x3), rtol = atol = 1e-10,
   dense output sampled every dt = 0.02 (the Table 2 model step);
-- initial points: uniform in the box [-20, 20] x [-25, 25] x [5, 45], integrated BURN_IN =
-  20 time units (1000 model steps; ~20 Lyapunov times) to land on the attractor; the
-  point reached is x_0, the first sample is x_1 = x(dt);
+- initial points, two protocols (`start`):
+  "prior"      Table 2's own: x_0 = x0 + 0.1 N(0, I), x0 = (1, 1, 1), and every tracker starts
+               at the known prior x0 (as the recipes' and the published test sets);
+  "attractor"  uniform in the box [-20, 20] x [-25, 25] x [5, 45], integrated BURN_IN = 20
+               time units (1000 model steps; ~20 Lyapunov times) to land on the attractor;
+               every tracker starts at the true x_0 (P0 = 0: "x0 known"), so the set
+               measures steady tracking on the attractor, without the slow first seconds
+               near the origin that "prior" trajectories spend (measured: 0.3 dB harder for
+               the EKF and KalmanNet alike);
+  the first sample is x_1 = x(dt);
 - observations: y_t = x_t + v_t, v_t ~ N(0, r2 I), r2 = 1 (the setting's), from numpy's
   PCG64 with its own seed (INDEPENDENT_SEED, not a seed of any recipe or experiment).
 
-Every tracker starts at the true x_0 (the setting's "x0 known", P0 = 0, as its trackers
-start at the known prior); so the set measures tracking on the attractor, not the pull-in
-from a wrong prior. MSE [dB]: 10 log10 of the mean over sequences of the per-sequence MSE
+MSE [dB]: 10 log10 of the mean over sequences of the per-sequence MSE
 per component (as the recipes' cards and `mbdl reproduce`).
 """
 
@@ -35,6 +40,8 @@ BURN_IN = 20.0
 RTOL = ATOL = 1e-10
 INDEPENDENT_SEED = 20261206
 BOX = ((-20.0, 20.0), (-25.0, 25.0), (5.0, 45.0))
+PRIOR_X0, PRIOR_STD = (1.0, 1.0, 1.0), 0.1  # Table 2's x0 and the recipes' x0_std
+STARTS = ("attractor", "prior")
 # the Table 2 model the trackers assume (recipes/tracking.py SETTINGS["lorenz"].model)
 MODEL = {"J": 5, "dt": DT, "q2": None, "r2": R2, "obs": "identity", "angle_deg": 0.0}
 
@@ -63,19 +70,24 @@ def integrate(x0: np.ndarray, T: int, dt: float = DT) -> np.ndarray:
     return sol.y.reshape(x0.shape[0], 3, T).transpose(0, 2, 1).copy()
 
 
-def independent_set(n: int, T: int, seed: int = INDEPENDENT_SEED, r2: float = R2
+def independent_set(n: int, T: int, seed: int = INDEPENDENT_SEED, r2: float = R2, start: str = "attractor"
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x0 (n, 3), x (n, T, 3), y (n, T, 3)) float64: see the module docstring."""
+    """(z0 (n, 3) where the trackers start, x (n, T, 3), y (n, T, 3)) float64 (module docstring)."""
     if n < 1 or T < 1:
         raise ValueError(f"need n >= 1 sequences of T >= 1 samples, got n={n}, T={T}")
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
     rng_x0, rng_v = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    lo, hi = np.array(BOX).T
-    start = lo + (hi - lo) * rng_x0.random((n, 3))
-    burn = int(round(BURN_IN / DT))
-    x0 = integrate(start, burn)[:, -1]
+    if start == "prior":
+        x0 = np.asarray(PRIOR_X0) + PRIOR_STD * rng_x0.standard_normal((n, 3))
+        z0 = np.broadcast_to(np.asarray(PRIOR_X0), (n, 3)).copy()
+    else:
+        lo, hi = np.array(BOX).T
+        x0 = integrate(lo + (hi - lo) * rng_x0.random((n, 3)), int(round(BURN_IN / DT)))[:, -1]
+        z0 = x0
     x = integrate(x0, T)
     y = x + math.sqrt(r2) * rng_v.standard_normal(x.shape)
-    return x0, x, y
+    return z0, x, y
 
 
 def model_params(name: str) -> dict[str, Any]:
@@ -116,15 +128,15 @@ def drop_rows(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 
 
 def evaluate_independent(names: tuple[str, ...] = ("ekf", "kalmannet-lorenz"), n: int = 20, T: int = 3000,
-                         seed: int = INDEPENDENT_SEED, missing: tuple[float, ...] = (0.0,)
-                         ) -> dict[str, Any]:
+                         seed: int = INDEPENDENT_SEED, missing: tuple[float, ...] = (0.0,),
+                         start: str = "attractor") -> dict[str, Any]:
     """MSE dB of each named tracker (engines.load; "ekf" etc. get the Table 2 model) on the
     independent set, for each fraction of missing observations (NaN rows)."""
     import engines
 
-    x0, x, y = independent_set(n, T, seed)
+    x0, x, y = independent_set(n, T, seed, start=start)
     out: dict[str, Any] = {"n": n, "T": T, "seed": seed, "integrator": f"DOP853 rtol={RTOL} atol={ATOL}",
-                           "burn_in": BURN_IN, "results": {}}
+                           "start": start, "results": {}}
     for name in names:
         engine = engines.load(name, **model_params(name))
         rows = {}
@@ -138,17 +150,18 @@ def evaluate_independent(names: tuple[str, ...] = ("ekf", "kalmannet-lorenz"), n
 
 
 def evaluate_tensors(module, n: int, T: int, seed: int = INDEPENDENT_SEED,
-                     missing: tuple[float, ...] = (0.0,)) -> dict[str, Any]:
+                     missing: tuple[float, ...] = (0.0,), start: str = "attractor") -> dict[str, Any]:
     """`module` (a tracker module, e.g. a KalmanNet being trained) and the EKF on the independent
     set, run as engines (engines.tracking.learned.LearnedTracker: the runtime's gating), per
     fraction of missing observations: {"kalmannet": {frac: figures}, "ekf": {...}, ...}."""
     from engines.tracking.kalman import build_ekf
     from engines.tracking.learned import LearnedTracker
 
-    x0, x, y = independent_set(n, T, seed)
+    x0, x, y = independent_set(n, T, seed, start=start)
     trackers = {"kalmannet": LearnedTracker("trained", "dnn-aided", module),
                 "ekf": build_ekf(**MODEL, x0=tuple(x0[0]))}
-    out: dict[str, Any] = {"n": n, "T": T, "seed": seed, "integrator": f"DOP853 rtol={RTOL} atol={ATOL}"}
+    out: dict[str, Any] = {"n": n, "T": T, "seed": seed, "integrator": f"DOP853 rtol={RTOL} atol={ATOL}",
+                           "start": start}
     for name, engine in trackers.items():
         out[name] = {}
         for frac in missing:
@@ -166,8 +179,9 @@ PUBLISHED = {"ekf": -6.432, "kalmannet": -11.284}  # seed Table 2 (sampling mism
 
 def run_independent(out, quick: bool = False, table: tuple[str, ...] = TABLE_TRACKERS,
                     missing_trackers: tuple[str, ...] = MISSING_TRACKERS) -> dict[str, Any]:
-    """`mbdl reproduce table2-independent`: Table 2 on the independent set (n x T, no missing)
-    and every tracker at 0 / 10 / 50 % missing observations (a smaller set: the PF is slow).
+    """`mbdl reproduce table2-independent`: Table 2 on the independent set (n x T, no missing), both
+    protocols ("prior": Table 2's; "attractor"), and every tracker at 0 / 10 / 50 % missing
+    observations ("attractor", a smaller set: the PF is slow); the -11.3 dB target per protocol.
     Writes independent.json and independent.csv into `out`; an artifact that is not there is
     reported as "not trained"."""
     import csv
@@ -180,11 +194,11 @@ def run_independent(out, quick: bool = False, table: tuple[str, ...] = TABLE_TRA
     out.mkdir(parents=True, exist_ok=True)
     n, T, n_m, T_m = (2, 60, 2, 60) if quick else (20, 3000, 10, 1000)
 
-    def evaluate(names, n, T, missing):
+    def evaluate(names, n, T, missing, start="attractor"):
         res = {}
         for name in names:
             try:
-                res.update(evaluate_independent((name,), n=n, T=T, missing=missing)["results"])
+                res.update(evaluate_independent((name,), n=n, T=T, missing=missing, start=start)["results"])
             except UnknownEngineError:
                 res[name] = "not trained"
         return res
@@ -192,20 +206,23 @@ def run_independent(out, quick: bool = False, table: tuple[str, ...] = TABLE_TRA
     report: dict[str, Any] = {
         "set": {"integrator": f"scipy DOP853 rtol={RTOL} atol={ATOL}", "burn_in": BURN_IN, "box": BOX,
                 "dt": DT, "r2": R2, "seed": INDEPENDENT_SEED, "model": MODEL, "quick": quick},
-        "table2": {"n": n, "T": T, "results": evaluate(table, n, T, (0.0,))},
+        "table2": {"n": n, "T": T, "start": "prior", "results": evaluate(table, n, T, (0.0,), "prior")},
+        "table2_attractor": {"n": n, "T": T, "start": "attractor", "results": evaluate(table, n, T, (0.0,))},
         "missing": {"n": n_m, "T": T_m, "results": evaluate(missing_trackers, n_m, T_m, (0.0, 0.1, 0.5))},
         "published": PUBLISHED,
     }
-    kn = report["table2"]["results"].get("kalmannet-lorenz")
-    if isinstance(kn, dict):
-        got = kn["0"]["mse_db"]
-        report["target"] = {"kalmannet-lorenz_mse_db": got, "target_db": TARGET_DB, "met": got <= TARGET_DB,
-                            "margin_db": round(TARGET_DB - got, 4)}
+    report["target"] = {"target_db": TARGET_DB}
+    for part in ("table2", "table2_attractor"):
+        kn = report[part]["results"].get("kalmannet-lorenz")
+        if isinstance(kn, dict):
+            got = kn["0"]["mse_db"]
+            report["target"][part] = {"kalmannet-lorenz_mse_db": got, "met": got <= TARGET_DB,
+                                      "margin_db": round(TARGET_DB - got, 4)}
     (out / "independent.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     with open(out / "independent.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["part", "tracker", "missing", "n", "T", "mse_db", "mse_db_std", "gated_fraction"])
-        for part in ("table2", "missing"):
+        for part in ("table2", "table2_attractor", "missing"):
             p = report[part]
             for name, rows in p["results"].items():
                 if not isinstance(rows, dict):
