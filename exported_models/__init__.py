@@ -5,7 +5,7 @@ Every artifact is produced by a recipe (`mbdl train NAME`) and verified by sha25
 sparse coding on the 250 x 500 noiseless benchmark — lista-cs (~47 MB with its ONNX),
 lista-cpss-cs (~17 MB), alista-cs, learned-admm-cs, unfolded-admm-cs (~3 MB each); tracking —
 kalmannet-lorenz, kalmannet-lorenz-rot, mbrnn-lorenz (~0.2 MB each); ultrasound — corona-ceus,
-resnet-ceus, ulm-lista (< 1 MB each); microscopy — lsparcom (0.4 MB), deep-storm (2.8 MB);
+corona-fast (its student for the live sliding window), resnet-ceus, ulm-lista (< 1 MB each); microscopy — lsparcom (0.4 MB), deep-storm (2.8 MB);
 communications — bcjrnet-isi, viterbinet-isi, sbrnn-isi; control — kalmannet-cv (36 KB: KalmanNet
 with the known input, for the CV plant of `mbdl reproduce control`). The Ex. 16 network
 (unfolded-admm-weights-cs, ~25 MB), the SNR 40/20 dB sparse models and the other tracking

@@ -1,0 +1,147 @@
+"""Recipe `corona-fast`: a faster CORONA student of `corona-ceus` for the live sliding window (issue 15).
+
+The student is `engines.imaging.corona_fast.CoronaFast`: CORONA's 10 layers with 3 x 3 kernels in
+every layer (the teacher has 5 x 5 in layers 1-3: 25/9 of their convolution cost) and the SVT's
+Newton-Schulz iterations cut from 40 / 24 / 6 (sign / inverse square root / power squarings) to
+12 / 10 / 4 (the teacher itself keeps its fig6 MSE, 0.114, at those counts). Distilled by weight
+transfer: it starts from the shipped teacher's weights, each 5 x 5 kernel cropped to its central
+3 x 3 (fig6 MSE before training: 0.123), and is then fine-tuned on the simulator's truth with the
+teacher's recipe data and loss (recipes/ceus.py: 2,400 train windows 32 x 32 x 20 of seed 1,
+64 val of seed 2, 160 test of seed 3; 0.5 MSE(L) + 0.5 MSE(S); validation MSE(S), best kept) for
+40 steps of batch 8 (Adam 1e-3, cosine to 2 %, clipping at norm 1: the budget a shared 2-core
+machine allowed). The card records the teacher and its sha256, the MSE on fig6's test set
+(seed 4, 64 windows: `mbdl reproduce fig6`'s) of the student and the teacher, and the student's
+fig6 MSE before fine-tuning. Latency is measured by `mbdl bench ceus --sliding` (not in the card:
+a card holds what training knows).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+import exported_models
+from engines.imaging.corona_fast import CoronaFast
+from mbdl_app.training.recipes import Plan, Recipe
+from mbdl_app.training.recipes.ceus import FULL, LIVE_SIZE, QUICK, TEST_SEED, WINDOW, ceus_sets, mse_of_S
+from mbdl_app.training.schedules import Cosine
+from mbdl_app.training.trainer import TrainConfig, Trainer
+
+TEACHER = "corona-ceus"
+KWARGS = {"n_layers": 10, "large_layers": 0, "small": 3, "sign_iterations": 12, "inv_sqrt_iterations": 10,
+          "power_squarings": 4}
+STEPS, BATCH, LR, EVAL_EVERY = 40, 8, 1e-3, 10
+FIG6_SEED, FIG6_WINDOWS = 4, 64  # mbdl_app/experiments/fig6.py's test set (32 x 32 x 20)
+
+
+def crop_kernel(w: torch.Tensor, size: int) -> torch.Tensor:
+    """The central size x size of kernels (..., k, k), k >= size, both odd."""
+    k = w.shape[-1]
+    if size > k or size % 2 == 0 or k % 2 == 0:
+        raise ValueError(f"cannot crop a {k} x {k} kernel to {size} x {size} (odd sizes, size <= {k})")
+    c, r = k // 2, size // 2
+    return w[..., c - r:c + r + 1, c - r:c + r + 1]
+
+
+def student_from_teacher(teacher: torch.nn.Module, **kwargs: Any) -> CoronaFast:
+    """A CoronaFast with the teacher's thresholds and its kernels cropped to the student's sizes."""
+    student = CoronaFast(**kwargs)
+    if student.n_layers != teacher.n_layers:
+        raise ValueError(f"student has {student.n_layers} layers, teacher {teacher.n_layers}")
+    with torch.no_grad():
+        for k, size in enumerate(student.kernel_sizes):
+            student.kernels[k].copy_(crop_kernel(teacher.kernels[k], size))
+        student.a.copy_(teacher.a)
+        student.b.copy_(teacher.b)
+    return student
+
+
+def fig6_mse(model: torch.nn.Module, sets: dict[str, torch.Tensor]) -> float:
+    """MSE of S on fig6's test windows (mean over windows, frames, pixels, I/Q)."""
+    pair = getattr(model, "pair_output", False)
+    model.pair_output = False
+    try:
+        with torch.no_grad():
+            return float(((model(sets["D"]).double() - sets["S"].double()) ** 2).mean())
+    finally:
+        model.pair_output = pair
+
+
+def fig6_set(quick: bool) -> dict[str, torch.Tensor]:
+    from drivers.sim.ceus import CeusParams, windows
+
+    n, patch = (4, 16) if quick else (FIG6_WINDOWS, 32)
+    w = windows(CeusParams(seed=FIG6_SEED), n, WINDOW, patch)
+    return {k: torch.from_numpy(w[k]) for k in "DS"}
+
+
+class CoronaFastRecipe(Recipe):
+    """The student of `corona-ceus` (see the module docstring)."""
+
+    name = "corona-fast"
+    description = ("CORONA student of corona-ceus for the live sliding window: 10 layers of 3 x 3 kernels, "
+                   "SVT with 12 / 10 / 4 Newton-Schulz iterations, computed I/Q-interleaved")
+    seed = 0
+
+    def build(self, quick: bool) -> Plan:
+        from engines.load import load_artifact
+
+        size = QUICK if quick else FULL
+        sets = ceus_sets(size)
+        teacher_engine = load_artifact(exported_models.ROOT / TEACHER, backend="torch")
+        teacher = teacher_engine.module
+        model = student_from_teacher(teacher, **KWARGS)
+        fig6 = fig6_set(quick)
+        start_mse = fig6_mse(model, fig6)
+        teacher_mse = fig6_mse(teacher, fig6)
+        model.pair_output = True
+
+        def pair(s: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            return s["D"], torch.stack([s["L"], s["S"]], dim=1)
+
+        test = pair(sets["test"])
+
+        def evaluate(trainer: Trainer) -> dict[str, Any]:
+            return {"test_mse_S": round(float(trainer.evaluate(test)), 6), "test_windows": size.test,
+                    "test_seed": TEST_SEED,
+                    "fig6_mse_S": round(fig6_mse(trainer.model, fig6), 6),
+                    "fig6_mse_S_teacher": round(teacher_mse, 6),
+                    "fig6_mse_S_before_finetuning": round(start_mse, 6),
+                    "fig6_set": f"sim:ceus seed {FIG6_SEED}, {len(fig6['D'])} windows "
+                                f"{fig6['D'].shape[-1]} x {fig6['D'].shape[-1]} x {WINDOW}"}
+
+        steps = 3 if quick else STEPS
+        side = size.patch if quick else LIVE_SIZE
+        card = {
+            "task": "clutter-suppression",
+            "family": "unfolded",
+            "description": self.description,
+            "architecture": {"name": "corona-fast", "kwargs": KWARGS},
+            "input": {"shape": ["N", WINDOW, 2, side, side], "window": WINDOW, "dtype": "float32",
+                      "normalization": "none (scale-equivariant, as CORONA)",
+                      "meaning": "windows of complex I/Q frames D, channels [I, Q]"},
+            "output": {"shape": ["N", WINDOW, 2, side, side], "dtype": "float32",
+                       "meaning": "the bubble (contrast) signal S of every frame of the window"},
+            "teacher": {"name": TEACHER, "sha256": teacher_engine.artifact_sha256,
+                        "transfer": "initialized from the teacher's weights, 5 x 5 kernels cropped to 3 x 3"},
+            "training": {
+                "data": (f"sim:ceus defaults, {size.patch} x {size.patch} x {WINDOW} windows: "
+                         f"{size.train} train (seed 1), {size.val} val (seed 2), {size.test} test "
+                         f"(seed {TEST_SEED}); the teacher's recipe data (recipes/ceus.py)"),
+                "loss": "0.5 MSE(L) + 0.5 MSE(S) against the simulator's truth",
+                "validation_metric": "MSE(S)",
+                "budget": f"{steps} steps of batch {BATCH} fine-tuning on one CPU core (<= 25 min wall)",
+            },
+        }
+        return Plan(model=model, loss_fn=F.mse_loss, train_data=pair(sets["train"]),
+                    val_data=pair(sets["val"]),
+                    config=TrainConfig(lr=LR, max_steps=steps, batch_size=min(BATCH, size.train),
+                                       schedule=Cosine(final=0.02), grad_clip=1.0,
+                                       eval_every=EVAL_EVERY if not quick else max(1, steps // 3),
+                                       device="cpu"),
+                    evaluate=evaluate, card=card, metric_fn=mse_of_S)
+
+
+RECIPE = CoronaFastRecipe()
