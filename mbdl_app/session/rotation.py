@@ -102,9 +102,10 @@ class RecordingRotation:
         self.prune()
         return closed
 
-    def postpone(self) -> None:
-        """Try again one period from now (after a failed rotation)."""
-        self._opened_at = self._clock()
+    def postpone(self, since: float | None = None) -> None:
+        """Start the current file's period again, now (after a failed rotation) or at `since`
+        (the clock's time the session began recording)."""
+        self._opened_at = self._clock() if since is None else since
 
     def maybe_rotate(self, session) -> Path | None:
         """Rotate when the period is over; the closed file's path, else None."""
@@ -196,9 +197,17 @@ class Housekeeping:
         self.out = out
         self._clock = clock
         self._next_health = clock() + health_s if health_s else math.inf
+        self._anchored = False
         self.lines = 0
 
     def tick(self, session, st) -> None:
+        if not self._anchored:  # the periods run from the session's start, not from building it
+            self._anchored = True
+            started = self._clock() - st.elapsed_s
+            if self.rotation is not None:
+                self.rotation.postpone(started)
+            if self.health_s:
+                self._next_health = started + self.health_s
         if self.rotation is not None and self.rotation.due():
             try:
                 self.rotation.rotate(session)

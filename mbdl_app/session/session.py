@@ -402,8 +402,8 @@ class Session:
         with self._rec_lock:
             old, self.recorder = self.recorder, new
             self.record_path = Path(path)
+        self._last_recording = old  # stop() waits for it if a Ctrl-C/SIGTERM cuts this join short
         old.stop()
-        self._last_recording = old
         return old.path
 
     def stop_recording(self) -> Path | None:
@@ -525,7 +525,10 @@ class Session:
         for sink in self.maps.values():
             sink.flush()
         self._close_sources()
+        rotated_out = self._last_recording
         self.stop_recording()
+        if rotated_out is not None and rotated_out.is_alive():  # closing since a rotation
+            rotated_out.stop()
 
     def _close_sources(self) -> None:
         for s in self.streams.values():

@@ -1,8 +1,10 @@
 """Recording rotation, the disk budget and the health line of long headless runs
 (`mbdl run --rotate-min N --keep-gb G --health-s S`), on real sessions run as a subprocess."""
 
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -21,28 +23,37 @@ def mbdl(*args, timeout=90):
 @pytest.mark.slow
 def test_rotated_files_hold_every_item_and_result_once_in_order_and_health_lines_reach_stderr(tmp_path):
     base = tmp_path / "rec.h5"
-    # 0.02 min = 1.2 s a file; 500 samples/s through the EKF and 30 frames/s recorded raw
-    done = mbdl("run", "-s", "lorenz=sim:lorenz?seed=1&rate=500",
-                "-s", "ceus=sim:ceus?seed=1&rate=30&size=24",
-                "-e", "ekf@lorenz", "-d", "5", "-r", str(base), "--rotate-min", "0.02",
-                "--health-s", "1", "-q")
+    # 0.02 min = 1.2 s a file; 500 samples/s through the EKF and 30 frames/s recorded raw; stopped by
+    # SIGTERM (systemd's stop) once the fourth file is open, as a service is
+    proc = subprocess.Popen([*MBDL, "run", "-s", "lorenz=sim:lorenz?seed=1&rate=500",
+                             "-s", "ceus=sim:ceus?seed=1&rate=30&size=24", "-e", "ekf@lorenz",
+                             "-r", str(base), "--rotate-min", "0.02", "--health-s", "1", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    series = RecordingRotation(base, 1.0)
+    while len(series.files()) < 4 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.6)  # a few rows into the fourth file
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert done.returncode == 0, done.stderr[-2000:]
     files = RecordingRotation(base, 1.0).files()
-    assert len(files) >= 3, [f.name for f in files]
+    assert len(files) >= 4, [f.name for f in files]
     assert [f.name.split("-")[1] for f in files] == [f"{i:06d}" for i in range(1, len(files) + 1)]
     idx = {"lorenz": [], "ceus": [], "ekf": []}
     for f in files:
         with RecordingReader(f) as r:
-            assert not r.unfinished
+            assert not r.unfinished and r.repaired is None, f  # every file closed, the last by SIGTERM
             for s in ("lorenz", "ceus"):
                 idx[s].append(r.arrays(s, ["index"])["index"])
             idx["ekf"].append(r.result_arrays("lorenz", "ekf", ["index"])["index"])
     for name, parts in idx.items():
-        assert all(len(p) for p in parts), f"{name}: an empty file among {[len(p) for p in parts]}"
+        assert all(len(p) for p in parts[:-1]), f"{name}: an empty file among {[len(p) for p in parts]}"
         whole = np.concatenate(parts)
         # contiguous across every boundary: nothing lost, nothing twice
         np.testing.assert_array_equal(whole, np.arange(whole[0], whole[0] + len(whole)), err_msg=name)
-    assert sum(len(p) for p in idx["lorenz"]) > 1500  # ~5 s at 500/s
+    assert sum(len(p) for p in idx["lorenz"]) > 1500  # > 3 periods at 500/s
     health = [ln for ln in done.stderr.splitlines() if ln.startswith("mbdl health ")]
     assert len(health) >= 3, done.stderr[-2000:]
     last = health[-1]
