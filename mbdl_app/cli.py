@@ -14,8 +14,8 @@
     mbdl train kalmannet --data FILE [--model lorenz] [--val-frac 0.2] [--epochs N] [--out DIR]
     mbdl calibrate RECORDING [--teacher rpca-fista] [--student corona-ceus] [--out DIR] [--epochs N]
                    [--max-windows N]      the student distilled from the teacher on a recording
-    mbdl reproduce table2 | table2-independent | kalmannet | fig6 | fig7 | fig8 | fig9 | control [--quick]
-                   [--out DIR]
+    mbdl reproduce table2 | table2-independent | kalmannet | fig6 | fig7 | fig8 | fig9 | control | pnp | csgm
+                   [--quick] [--out DIR]
     mbdl bench session | serial | gui | sparse | engines | comms | tracker NAME | smlm
     mbdl doctor [--json]
 
@@ -623,6 +623,37 @@ def reproduce_fig9(
     from mbdl_app.experiments.fig9 import run_fig9
 
     run_fig9(out / "fig9", quick=quick)
+
+
+@reproduce_app.command("pnp")
+def reproduce_pnp(
+    out: Annotated[Path, typer.Option(help="Folder for the CSV, JSON and PNG.")] = Path("reproduce_out"),
+    quick: Annotated[bool, typer.Option(help="A 64 x 64 crop, 32 x 32 frames, few iterations.")] = False,
+    bm3d: Annotated[bool, typer.Option(help="Run the BM3D baseline (if bm3d is installed).")] = True,
+) -> None:
+    """Seed Ex. 20: PnP-ADMM / PnP-HQS with the dncnn denoiser vs TV-ADMM, BM3D and the denoiser alone on
+    the held-out image at sigma 25/255; deblurring of a sim:smlm and a sim:ceus frame."""
+    import json
+
+    from mbdl_app.experiments.pnp import run_pnp
+
+    result = run_pnp(out / "pnp", quick=quick, bm3d=bm3d)
+    print(f"{out / 'pnp'}  {json.dumps(result['psnr_db'])}  {json.dumps(result['targets'])}")
+
+
+@reproduce_app.command("csgm")
+def reproduce_csgm(
+    out: Annotated[Path, typer.Option(help="Folder for the CSV, JSON and PNG.")] = Path("reproduce_out"),
+    quick: Annotated[bool, typer.Option(help="3 values of m, a few digits, short searches (smoke).")] = False,
+) -> None:
+    """Seed Ex. 21: CSGM with the vae-digits decoder vs the tuned Lasso, error vs the number of Gaussian
+    measurements m on held-out digits."""
+    import json
+
+    from mbdl_app.experiments.csgm import run_csgm
+
+    result = run_csgm(out / "csgm", quick=quick)
+    print(f"{out / 'csgm'}  {json.dumps(result['targets'])}")
 
 
 @reproduce_app.command("control")
