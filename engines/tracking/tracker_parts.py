@@ -108,12 +108,16 @@ TWINS: dict[str, Callable[..., Any]] = {"kalmannet": KalmanNetTwin, "model-based
 
 
 def twin_from_card(card: dict[str, Any]):
-    """The numpy twin of a tracking card's module, or None when its architecture has none here."""
+    """The numpy twin of a tracking card's module, or None when its architecture (or a model
+    parameter the numpy Lorenz model does not know) has none here: its torch module stands in."""
     spec = card.get("architecture") or {}
     twin = TWINS.get(spec.get("name"))
-    if twin is None:
+    if twin is None or "model" not in card or "x0" not in card:
         return None
-    return twin(LorenzModel(**card["model"]), card["x0"], **spec.get("kwargs", {}))
+    try:
+        return twin(LorenzModel(**card["model"]), card["x0"], **spec.get("kwargs", {}))
+    except TypeError:
+        return None
 
 
 class TorchTwin:

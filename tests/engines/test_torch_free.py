@@ -307,3 +307,10 @@ def test_commands_that_need_torch_say_so_in_one_line_and_exit_2(argv, command):
     """, *argv, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"mbdl {command} needs torch: pip install 'mbdl-studio[torch]'"
+
+
+def test_a_tracker_card_without_a_numpy_twin_falls_back_to_its_torch_module():
+    card = read_artifact(ARTIFACTS["kalmannet-lorenz"]).card
+    assert twin_from_card({**card, "architecture": {"name": "gru-tracker", "kwargs": {}}}) is None
+    assert twin_from_card({**card, "model": {**card["model"], "a_new_parameter": 1}}) is None
+    assert twin_from_card(card) is not None
