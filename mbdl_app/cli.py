@@ -436,8 +436,15 @@ def bench_ceus(
     out: Annotated[Path, typer.Option(help="Folder for ceus_live.json.")] = Path("bench_out"),
     duration: Annotated[float, typer.Option(help="Seconds of the block run (the sliding run: half).")] = 60.0,
     size: Annotated[int, typer.Option(help="Frame height and width.")] = 128,
+    sliding: Annotated[bool, typer.Option(help="Issue 15: corona-ceus and corona-fast alone at hop 1, fig6 "
+                                          "MSE, CPU limit (ceus_sliding.json; --duration per run).")] = False,
+    rounds: Annotated[int, typer.Option(help="--sliding: rounds per engine and thread count.")] = 2,
 ) -> None:
     """Live CORONA beside RPCA-FISTA on sim:ceus: results/s, windows/s, p50/p99 (issue 4's target)."""
+    if sliding:
+        from mbdl_app.bench.ceus_sliding import run_sliding_bench
+
+        raise typer.Exit(run_sliding_bench(out, duration, size, rounds))
     from mbdl_app.bench.ceus_bench import run_ceus_bench
 
     raise typer.Exit(run_ceus_bench(out, duration, size))
