@@ -164,8 +164,9 @@ def _register_ceus() -> None:
 
 def _register_ulm() -> None:
     from mbdl_app.training.recipes.ulm import RECIPES
+    from mbdl_app.training.recipes.ulm_chained import RECIPES as CHAINED
 
-    for recipe in RECIPES:
+    for recipe in (*RECIPES, *CHAINED):
         register_recipe(recipe.name, recipe)
 
 
