@@ -125,6 +125,9 @@ def test_mmcore_stage_is_driven_through_the_core_and_keeps_the_particle_centred(
     from drivers.sim.particle import ParticleParams, ParticleSimulator
 
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "drivers"))
+    # psygnal, not Qt signals: with a QApplication alive in this process (GUI tests run earlier)
+    # pymmcore-plus would pick its Qt backend, which needs qtpy
+    monkeypatch.setenv("PYMM_SIGNALS_BACKEND", "psygnal")
     mm = importlib.import_module("_mm_devices")
     xy = mm.SimXYStage()
 
