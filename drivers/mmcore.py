@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,10 @@ class MMCoreSource(SourceBase):
         path = self.config
         if not path.is_file():
             raise SourceError(f"{self.uri}: Micro-Manager config {path} not found")
+        # This source polls the core's buffer and needs no core signals in Qt: with the GUI's
+        # QApplication alive, pymmcore-plus would pick its Qt signal backend, which needs qtpy
+        # (not a dependency) and fails. A user's explicit choice is kept.
+        os.environ.setdefault("PYMM_SIGNALS_BACKEND", "psygnal")
         core = UniMMCore()
         try:
             core.loadSystemConfiguration(str(path))
