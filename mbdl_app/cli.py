@@ -578,12 +578,14 @@ def reproduce_fig7(
     lista: Annotated[str, typer.Option(help="ULM LISTA artifact (name or folder).")] = "ulm-lista",
     corona: Annotated[str, typer.Option(help="Clutter separator chained before ulm-lista (name or folder).")]
     = "corona-ceus",
+    chained: Annotated[str, typer.Option(help="Also chain this ULM artifact (folder, e.g. from "
+                                               "`mbdl train ulm-chained`) after the separator.")] = "",
 ) -> None:
     """Seed Fig. 7: ULM maps of the conv LISTA, FISTA and coarse peaks vs the true vessels; Jaccard, RMSE;
     and the chain CORONA -> ulm-lista on the data."""
     from mbdl_app.experiments.fig7 import run_fig7
 
-    run_fig7(out / "fig7", quick=quick, lista=lista, corona=corona)
+    run_fig7(out / "fig7", quick=quick, lista=lista, corona=corona, chained=chained or None)
 
 
 @reproduce_app.command("fig8")

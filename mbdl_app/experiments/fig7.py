@@ -23,8 +23,10 @@ CPU time per frame: time.process_time of the solver on the whole set, torch on o
 Writes fig7.csv (one row per method), fig7.json (every figure, the validation curves, the
 setup) and fig7.png (true vessels, diffraction-limited accumulation, FISTA and LISTA maps).
 One more row runs the live chain on the data itself (tissue clutter included): CORONA
-(`corona-ceus`, blocks of 20 frames) -> ulm-lista, its threshold chosen on CORONA's output
-for the validation frames; its `separator_cpu_ms_per_frame` is CORONA's share.
+(`corona-ceus`, blocks of 20 frames) -> ulm-lista (trained on clean bubbles), its threshold
+chosen on CORONA's output for the validation frames; its `separator_cpu_ms_per_frame` is
+CORONA's share. `chained` (an artifact folder, e.g. from `mbdl train ulm-chained`: ulm-lista
+fine-tuned on CORONA's output) adds the row CORONA -> that localizer on the same frames.
 Full run: a 32 x 32 field (3.84 mm), 120 test and 20 validation frames, FISTA 100 iterations;
 `quick` (tests): 24 x 24, 4 + 4 frames, FISTA 10 iterations.
 """
@@ -185,7 +187,7 @@ def _plot(path: Path, panels: dict[str, np.ndarray], extent_mm: float) -> None:
 
 
 def run_fig7(out: str | Path, quick: bool = False, lista: str = "ulm-lista", log=print,
-             corona: str = "corona-ceus") -> dict[str, Any]:
+             corona: str = "corona-ceus", chained: str | None = None) -> dict[str, Any]:
     """Run the experiment into folder `out` (created); returns what fig7.json holds."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -226,16 +228,21 @@ def run_fig7(out: str | Path, quick: bool = False, lista: str = "ulm-lista", log
 
     for name, method in methods.items():
         evaluate(name, method, val.S, test.S)
-    separator = load_module(corona) if trained is not None else None
+    localizers = {"ulm-lista": trained, **({Path(chained).name: load_module(chained)} if chained else {})}
+    localizers = {k: v for k, v in localizers.items() if v is not None}
+    separator = load_module(corona) if localizers else None
     if separator is not None and min(len(val.D), len(test.D)) >= CORONA_WINDOW:
         # the chained live pipeline: CORONA's bubbles (blocks of 20 frames of the data, tissue
-        # included) into the same ulm-lista, its threshold chosen on CORONA's validation output
+        # included) into ulm-lista (trained on clean bubbles) and the `chained` localizer (one
+        # fine-tuned on CORONA's output), each threshold chosen on CORONA's validation output
         start = time.process_time()
         test_S = separated(separator, test.D)
         seconds = (time.process_time() - start) / len(test.D)
-        evaluate(f"{corona} -> ulm-lista", trained, separated(separator, val.D), test_S,
-                 input=f"{corona}'s bubbles from the data",
-                 separator_cpu_ms_per_frame=round(1e3 * seconds, 2))
+        val_S = separated(separator, val.D)
+        for name, localizer in localizers.items():
+            evaluate(f"{corona} -> {name}", localizer, val_S, test_S,
+                     input=f"{corona}'s bubbles from the data",
+                     separator_cpu_ms_per_frame=round(1e3 * seconds, 2))
     with torch.no_grad():
         e = envelope(test.S).sum(0)[None, None]
     diffraction = F.interpolate(e, scale_factor=FACTOR, mode="bilinear", align_corners=False)[0, 0].numpy()
@@ -256,8 +263,9 @@ def run_fig7(out: str | Path, quick: bool = False, lista: str = "ulm-lista", log
                   "true_bubbles_in_test": int(len(truth_points)), "fista_iterations": size.fista_iterations,
                   "tolerance_px": TOLERANCE, "threshold_fractions": list(FRACTIONS),
                   "input": "data - tissue (bubbles + PSF-filtered noise) of each frame; the "
-                           f"'{corona} -> ulm-lista' row: {corona}'s bubbles from the data (blocks of "
+                           f"'{corona} -> ...' rows: {corona}'s bubbles from the data (blocks of "
                            f"{CORONA_WINDOW} frames)",
+                  "chained_artifact": chained if chained and Path(chained).name in localizers else None,
                   "lista_artifact": lista if trained is not None else None,
                   "fine_grid": "fine pixel j at coarse coordinate (j + 0.5) / 8 - 0.5"},
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
