@@ -1,17 +1,19 @@
 """Deep generative prior vs Lasso (seed Example 21): `mbdl reproduce csgm`.
 
 Signals: scikit-learn's 8 x 8 handwritten digits (n = 64 pixels on [0, 1], shipped inside the
-package), split once by a seeded permutation into train / validation / test (`digits_split`); the
+package), split once by a seeded permutation into train / validation / test
+(mbdl_app.training.shipped_data.digits_split); the
 VAE of `mbdl train vae-digits` never sees the validation or test digits.
 
 Measurements: x = H s + w with H (m, n) Gaussian, entries N(0, 1/m) (one matrix per m, seeded by
-m), w ~ N(0, NOISE^2 I), for m in M_GRID. Recovery:
+m), w ~ N(0, NOISE^2 I) with NOISE = 0.01, for m = 4, 8, 12, 16, 24, 32, 48, 64. Recovery (both in
+mbdl_app.training.recipes.vae_digits.compare):
 - CSGM: engines.imaging.csgm.csgm with the shipped decoder, eq. (28) with lam = 0.1, 5 restarts of
   300 Adam steps;
 - Lasso: min_s 1/(2m) ||x - H s||^2 + alpha ||s||_1 in the pixel basis (scikit-learn's Lasso,
-  coordinate descent), alpha picked per m from ALPHAS by the mean error on VAL_DIGITS validation
-  digits (the Lasso gets its best tuning).
-Error: the mean over test digits of the per-pixel squared error ||s_hat - s||^2 / n.
+  coordinate descent), alpha picked per m from ALPHAS (1e-4 .. 0.3) by the mean error on 20 validation
+  digits (the Lasso gets its best tuning; at m <= 16 the best is near the zero estimate).
+Error: the mean over 100 test digits of the per-pixel squared error ||s_hat - s||^2 / n.
 
 Writes csgm.csv (m, method, mse, its standard error), csgm.json (the curve, the target
 "CSGM below Lasso for every m <= n/4", timing, setup) and csgm.png (error vs m). `quick`: 3 values of

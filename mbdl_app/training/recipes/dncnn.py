@@ -14,6 +14,10 @@ standard deviation alpha drawn per patch uniformly from [0, SIGMA_MAX] = [0, 50/
 
 Held-out figures (card `metrics`): PSNR of the denoiser alone on the full held-out image at
 sigma = 15, 25, 50 / 255 (noise seeded), beside the noisy input's PSNR.
+
+Budget: FULL = 1,600 steps of 24 patches of 32 x 32 on one thread (width 24: the budget of one core
+shared by ~8 jobs). Shipped run (2026-12-06, load 15-19 on the 2 cores): 1,073 s of training wall;
+held-out camera at sigma 15 / 25 / 50: 30.94 / 29.16 / 26.63 dB (noisy 24.59 / 20.19 / 14.14).
 """
 
 from __future__ import annotations

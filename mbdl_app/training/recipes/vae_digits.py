@@ -1,13 +1,17 @@
 """Recipe `vae-digits`: the deep generative prior of seed Example 21 (engines/imaging/csgm.py).
 
 Data: scikit-learn's 8 x 8 handwritten digits (shipped inside the package), pixels / 16 on [0, 1],
-split by mbdl_app.experiments.csgm.digits_split (seed 0): 300 test and 200 validation digits held
+split by mbdl_app.training.shipped_data.digits_split (seed 0): 300 test and 200 validation digits held
 out, 1,297 for training. Model: VAE(n=64, latent=8, hidden=128); loss: the negative ELBO
 (Bernoulli cross-entropy + KL); Adam at 2e-3, cosine decay to 5 %, batch 64, one thread.
 
 Held-out figures (card `metrics`): the negative ELBO (nats per digit) and the per-pixel MSE of
 the reconstruction G(mu(s)) on the test digits, and CSGM vs the tuned Lasso at m = n/8 = 8 and
-m = n/4 = 16 Gaussian measurements on the first 50 test digits (mbdl_app.experiments.csgm.compare).
+m = n/4 = 16 Gaussian measurements on the first 50 test digits (`compare`, which `mbdl reproduce csgm`
+runs over m).
+
+Shipped run (2026-12-06, one thread at load ~15): 8,000 steps in 251 s; test negative ELBO 22.18 nats,
+reconstruction MSE 0.0218 per pixel; CSGM / Lasso MSE 0.036 / 0.240 at m = 8, 0.027 / 0.234 at m = 16.
 """
 
 from __future__ import annotations
