@@ -7,7 +7,8 @@ lista-cpss-cs (~17 MB), alista-cs, learned-admm-cs, unfolded-admm-cs (~3 MB each
 kalmannet-lorenz, kalmannet-lorenz-rot, mbrnn-lorenz (~0.2 MB each); ultrasound — corona-ceus,
 corona-fast (its student for the live sliding window), resnet-ceus, ulm-lista (< 1 MB each); microscopy — lsparcom (0.4 MB), deep-storm (2.8 MB);
 communications — bcjrnet-isi, viterbinet-isi, sbrnn-isi; control — kalmannet-cv (36 KB: KalmanNet
-with the known input, for the CV plant of `mbdl reproduce control`). The Ex. 16 network
+with the known input, for the CV plant of `mbdl reproduce control`); priors (seed Ex. 20, 21) — dncnn
+(the plug-and-play denoiser), vae-digits (the CSGM prior), 0.3 MB each. The Ex. 16 network
 (unfolded-admm-weights-cs, ~25 MB), the SNR 40/20 dB sparse models and the other tracking
 baselines are trained by the same recipes
 into the user cache when a benchmark needs them, not shipped.
