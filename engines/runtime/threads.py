@@ -9,6 +9,8 @@ with one intra-op thread, 1.8 ms with two (`mbdl bench session`).
 
 from __future__ import annotations
 
+import sys
+
 from engines.optional_torch import torch_installed
 
 
@@ -23,3 +25,13 @@ def set_intra_op_threads(n: int) -> int:
     if n > 0 and n != previous:
         torch.set_num_threads(n)
     return previous
+
+
+def set_intra_op_threads_if_loaded(n: int) -> int:
+    """`set_intra_op_threads(n)` when torch is already imported, else nothing (returns 0): a live
+    session whose engines all run on ONNX Runtime or numpy never imports torch (~190 MB RSS)
+    just to set a thread count it would not use. The session calls this after building each
+    engine, so a torch engine gets the setting before its warm-up."""
+    if sys.modules.get("torch") is None:
+        return 0
+    return set_intra_op_threads(n)

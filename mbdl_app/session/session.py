@@ -31,7 +31,7 @@ from drivers.errors import DriverError
 from drivers.recording import ResultSpec
 from engines.errors import TorchMissing
 from engines.load import accepted_params
-from engines.runtime.threads import set_intra_op_threads
+from engines.runtime.threads import set_intra_op_threads_if_loaded
 from mbdl_app import __version__
 from mbdl_app.catalog import engine_kind
 from mbdl_app.config import EngineConfig, SessionConfig
@@ -226,7 +226,7 @@ class Session:
         if self._started:
             raise SessionError("session already started")
         self._started = True
-        set_intra_op_threads(self.intra_op_threads)
+        set_intra_op_threads_if_loaded(self.intra_op_threads)
         try:
             self._open_sources()
             specs, artifacts = [], {}
@@ -235,6 +235,7 @@ class Session:
                     if ec.input in self.skipped:
                         raise TorchMissing(f"it reads engine {ec.input!r}, which needs torch")
                     engine, source = self._build_engine(ec)
+                    set_intra_op_threads_if_loaded(self.intra_op_threads)  # a torch engine was built
                 except TorchMissing as e:  # the runtime install: the rest of the session runs
                     log.warning("engine %r skipped: %s", ec.label, e)
                     self.skipped = {**self.skipped, ec.label: str(e)}

@@ -164,3 +164,19 @@ def test_an_engine_with_one_output_per_window_gives_one_result_per_hop(tmp_path)
     i = idx[2]
     assert np.allclose(out["data"][2, 0], SVDFilter(**LAST)(frames["data"][i - 7:i + 1][None])[0, -1],
                        atol=1e-5)
+
+
+def test_a_session_of_onnx_runtime_and_numpy_engines_never_imports_torch():
+    # the edge session (CORONA, ULM, KalmanNet, LISTA on ONNX Runtime, the numpy EKF) with torch
+    # installed: setting torch's thread count must not import it (~190 MB of RSS for nothing)
+    import subprocess
+    import sys
+
+    code = ("import sys, time\n"
+            "from mbdl_app.config import load_config\n"
+            "from mbdl_app.session.session import Session\n"
+            "s = Session(load_config('edge')); s.start(); time.sleep(1.0); s.stop()\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
