@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from engines.base import EngineInfo, check_finite
 from engines.errors import BackendUnavailable, EngineInputError
 from engines.imaging.smlm_metrics import localize_image
+from engines.runtime.chunking import run_in_chunks
 
 FACTOR = 8  # the fine grid is 8x finer in each direction
 CHANNELS = (16, 32, 64, 256)  # the paper's (32, 64, 128, 512) halved (module docstring)
@@ -154,8 +155,11 @@ class DeepStormEngine:
         if x.ndim != 5 or x.shape[1:3] != (1, 1):
             raise EngineInputError(f"{self.info.name}: expected frames (N, 1, 1, H, W), got shape {x.shape}")
         check_finite(self.info.name, x)
+        return run_in_chunks(self._locate, np.ascontiguousarray(x, dtype=np.float32))  # bounded memory
+
+    def _locate(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+            return self.module(torch.from_numpy(x)).numpy()
 
 
 def engine_from_artifact(art, *, backend: str = "auto") -> DeepStormEngine:

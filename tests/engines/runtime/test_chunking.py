@@ -24,3 +24,15 @@ def test_run_in_chunks_equals_one_call():
 
     np.testing.assert_array_equal(run_in_chunks(fn, x, max_bytes=2 * x[:1].nbytes), 2 * x[:, :1])
     assert calls == [2, 2, 2, 1]
+
+
+def test_a_sample_counts_as_its_larger_output_when_the_input_fits():
+    x = np.ones((6, 4), np.float32)  # 16 B per sample in, 1 KiB out
+    calls = []
+
+    def fn(c):
+        calls.append(len(c))
+        return np.repeat(c, 64, axis=1)
+
+    np.testing.assert_array_equal(run_in_chunks(fn, x, max_bytes=2048), np.ones((6, 256), np.float32))
+    assert calls == [1, 2, 2, 1]
