@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 CHUNK_BYTES = 4 * 2**20  # input bytes per call: one 128 x 128 x 20 I/Q window (2.5 MiB), 25 of 32 x 32
+OUTPUT_GROWTH = 64  # batches this much below CHUNK_BYTES run as one call without learning the output size
 
 
 def chunk_size(x: np.ndarray, max_bytes: int = CHUNK_BYTES) -> int:
@@ -31,12 +32,13 @@ def run_in_chunks(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
 
     A sample counts as the larger of its input and its output (a super-resolution engine's output
     is 64x its input: Deep-STORM at batch 8 peaked at 1295 MiB in ONNX Runtime by input size
-    alone), so a batch that fits by input runs its first sample alone to learn the output's size.
+    alone), so a batch that fits by input runs its first sample alone to learn the output's size,
+    unless even a 64x larger output would fit (small models keep one call per batch).
     """
     n = chunk_size(x, max_bytes)
     if n < x.shape[0]:
         return np.concatenate([fn(x[i:i + n]) for i in range(0, x.shape[0], n)])
-    if x.shape[0] == 1:
+    if x.shape[0] == 1 or x.nbytes * OUTPUT_GROWTH <= max_bytes:
         return fn(x)
     first = fn(x[:1])
     n = max(1, int(max_bytes // max(first.nbytes, x[:1].nbytes, 1)))

@@ -36,3 +36,6 @@ def test_a_sample_counts_as_its_larger_output_when_the_input_fits():
 
     np.testing.assert_array_equal(run_in_chunks(fn, x, max_bytes=2048), np.ones((6, 256), np.float32))
     assert calls == [1, 2, 2, 1]
+    calls.clear()
+    run_in_chunks(fn, x, max_bytes=64 * x.nbytes)  # small enough for any output: one call
+    assert calls == [6]
