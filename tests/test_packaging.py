@@ -111,3 +111,40 @@ def test_the_desktop_spec_excludes_torch_and_the_qml_stacks():
     spec = (PKG / "desktop" / "mbdl.spec").read_text()
     for name in ('"torch"', '"QtQml"', '"QtQuick"', '"QtWebEngineCore"', "translations"):
         assert name in spec, name
+
+
+def test_the_bundle_shrinker_strips_what_stays_loadable_and_links_duplicate_libraries(tmp_path):
+    """packaging/desktop/shrink.py on real files: a Python extension module is stripped and still
+    imports; numpy's auditwheel-patched OpenBLAS (stripping it misaligns a segment) is left byte for
+    byte; a library two *.libs folders hold alike becomes one file and a symlink."""
+    import _bisect
+    import hashlib
+    import importlib.util
+
+    import numpy
+
+    _tool("strip")
+    sys.path.insert(0, str(PKG / "desktop"))
+    import shrink  # packaging/desktop/shrink.py
+
+    app = tmp_path / "mbdl"
+    (app / "a.libs").mkdir(parents=True)
+    (app / "b.libs").mkdir()
+    ext = app / Path(_bisect.__file__).name
+    shutil.copyfile(_bisect.__file__, ext)
+    blas = next((Path(numpy.__file__).parent.parent / "numpy.libs").glob("libscipy_openblas*"))
+    shutil.copyfile(blas, app / blas.name)
+    for libs in ("a.libs", "b.libs"):
+        shutil.copyfile(ext, app / libs / "libdup-1234.so")
+    blas_sha = hashlib.sha256((app / blas.name).read_bytes()).hexdigest()
+
+    assert shrink.main([str(app)]) == 0
+    assert (app / "b.libs" / "libdup-1234.so").is_symlink()
+    assert (app / "b.libs" / "libdup-1234.so").resolve() == (app / "a.libs" / "libdup-1234.so").resolve()
+    assert hashlib.sha256((app / blas.name).read_bytes()).hexdigest() == blas_sha
+    assert ext.stat().st_size < Path(_bisect.__file__).stat().st_size
+    spec = importlib.util.spec_from_file_location("_bisect", ext)
+    stripped = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stripped)
+    assert stripped.bisect_left([1, 3, 5], 4) == 2
+    assert shrink.main([str(tmp_path / "nope")]) == 2

@@ -25,12 +25,9 @@ fi
 cd "$out"
 "$venv/bin/pyinstaller" --noconfirm --clean --log-level WARN \
   --workpath "$out/work" --distpath "$out/dist" "$repo/packaging/desktop/mbdl.spec"
-# pyenv/python.org builds ship libpython with its debug info (~18 MB of 23); wheels' libraries are
-# left alone (auditwheel-patched libraries can break when stripped)
-if command -v strip >/dev/null; then
-  for lib in "$out"/dist/mbdl/_internal/libpython3*.so*; do
-    [ -f "$lib" ] && strip --strip-debug "$lib"
-  done
-fi
+# symbol tables stripped off every ELF file where that leaves its segments intact (libpython's debug
+# info: ~18 MB of 23; auditwheel-patched libraries whose strip would misalign are left as they are),
+# libraries two wheels carry byte for byte linked (packaging/desktop/shrink.py)
+"$venv/bin/python" "$repo/packaging/desktop/shrink.py" "$out/dist/mbdl"
 size=$(du -sm "$out/dist/mbdl" | cut -f1)
 echo "build.sh: $out/dist/mbdl/mbdl (${size} MB); smoke test: packaging/desktop/smoke.py $out/dist/mbdl/mbdl"
