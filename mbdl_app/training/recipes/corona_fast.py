@@ -11,8 +11,9 @@ teacher's recipe data and loss (recipes/ceus.py: 2,400 train windows 32 x 32 x 2
 40 steps of batch 8 (Adam 1e-3, cosine to 2 %, clipping at norm 1: the budget a shared 2-core
 machine allowed). The card records the teacher and its sha256, the MSE on fig6's test set
 (seed 4, 64 windows: `mbdl reproduce fig6`'s) of the student and the teacher, and the student's
-fig6 MSE before fine-tuning. Latency is measured by `mbdl bench ceus --sliding` (not in the card:
-a card holds what training knows).
+fig6 MSE before fine-tuning, and the batch-1 torch latency of student and teacher at the live
+size (one thread, with the load average: a shared machine's timings vary); the live sliding-window
+rate is `mbdl bench ceus --sliding`'s.
 """
 
 from __future__ import annotations
@@ -69,6 +70,37 @@ def fig6_mse(model: torch.nn.Module, sets: dict[str, torch.Tensor]) -> float:
         model.pair_output = pair
 
 
+def latency_ms(models: dict[str, torch.nn.Module], size: int, calls: int = 5) -> dict[str, Any]:
+    """Median torch latency (ms, one intra-op thread, batch 1, calls interleaved) of each model on a
+    size x size x 20 window, with the load average beside it (a shared machine's timings vary)."""
+    import os
+    import statistics
+    import time
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    x = torch.zeros(1, WINDOW, 2, size, size).normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    times: dict[str, list[float]] = {k: [] for k in models}
+    pairs = {k: getattr(m, "pair_output", False) for k, m in models.items()}
+    try:
+        with torch.inference_mode():
+            for m in models.values():
+                m.pair_output = False
+                m(x)
+            for _ in range(calls):
+                for k, m in models.items():
+                    start = time.perf_counter()
+                    m(x)
+                    times[k].append((time.perf_counter() - start) * 1e3)
+    finally:
+        torch.set_num_threads(previous)
+        for k, m in models.items():
+            m.pair_output = pairs[k]
+    return {"window": [WINDOW, 2, size, size], "backend": "torch, 1 thread, batch 1",
+            **{f"{k}_median_ms": round(statistics.median(v), 1) for k, v in times.items()},
+            "load_avg_1m": round(os.getloadavg()[0], 2), "measured_by": "recipes/corona_fast.py latency_ms"}
+
+
 def fig6_set(quick: bool) -> dict[str, torch.Tensor]:
     from drivers.sim.ceus import CeusParams, windows
 
@@ -110,7 +142,9 @@ class CoronaFastRecipe(Recipe):
                     "fig6_mse_S_teacher": round(teacher_mse, 6),
                     "fig6_mse_S_before_finetuning": round(start_mse, 6),
                     "fig6_set": f"sim:ceus seed {FIG6_SEED}, {len(fig6['D'])} windows "
-                                f"{fig6['D'].shape[-1]} x {fig6['D'].shape[-1]} x {WINDOW}"}
+                                f"{fig6['D'].shape[-1]} x {fig6['D'].shape[-1]} x {WINDOW}",
+                    "latency": latency_ms({"student": trainer.model, "teacher": teacher}, side,
+                                          calls=1 if quick else 5)}
 
         steps = 3 if quick else STEPS
         side = size.patch if quick else LIVE_SIZE

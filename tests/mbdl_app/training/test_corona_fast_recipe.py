@@ -36,6 +36,7 @@ def test_quick_recipe_writes_an_artifact_with_its_teacher_that_runs_on_torch_and
     assert card["architecture"] == {"name": "corona-fast", "kwargs": KWARGS}
     m = card["metrics"]
     assert 0 < m["fig6_mse_S"] and 0 < m["fig6_mse_S_teacher"] and 0 < m["fig6_mse_S_before_finetuning"]
+    assert m["latency"]["student_median_ms"] > 0 and m["latency"]["teacher_median_ms"] > 0
     x = (0.3 * np.random.default_rng(0).standard_normal((2, 20, 2, 16, 16))).astype(np.float32)
     np.testing.assert_allclose(load_artifact(folder, "onnxruntime")(x), torch_engine(x), atol=1e-4, rtol=1e-3)
 
