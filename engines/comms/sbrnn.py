@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engines.base import EngineInfo, Estimate, check_finite
-from engines.errors import EngineError, EngineInputError
+from engines.comms import detectors
 
 
 class SBRNN(nn.Module):
@@ -64,41 +63,15 @@ class SBRNN(nn.Module):
         return (total / self.counts).reshape(N, (n + r - 1) * s)
 
 
-class SlidingDetector:
-    """An SBRNN on a block stream, in the TrackerEngine contract of the trellis detectors.
+class SlidingDetector(detectors.SlidingDetector):
+    """engines/comms/detectors.py's SlidingDetector (torch-free) that also takes the torch module
+    itself as `run` (training and fig9 detect with the module they train)."""
 
-    `run` maps blocks (N, B) float32 to P(s_i = alphabet[1]) (N, B): the torch module or the
-    ONNX Runtime / TensorRT engine of its graph. Each block is detected on its own (no state
-    carried); `step(y)` returns Estimate(mean = E[s_i | y] (n, B), cov None).
-    """
-
-    def __init__(self, info: EngineInfo, run, alphabet: tuple[float, float]) -> None:
-        self.info, self.run, self.alphabet = info, run, alphabet
-        self.block = info.in_shape[0]
-        self.reset(1)
-
-    def reset(self, n: int = 1, z0: np.ndarray | None = None) -> None:
-        if n < 1:
-            raise EngineInputError(f"{self.info.name}: need n >= 1 streams, got {n}")
-        if z0 is not None:
-            raise EngineInputError(f"{self.info.name}: takes no initial state z0")
-        self.n = n
-
-    def step(self, y: np.ndarray) -> Estimate:
-        y = np.asarray(y, dtype=np.float64)
-        if y.shape != (self.n, self.block):
-            raise EngineInputError(f"{self.info.name}: expected blocks y of shape ({self.n}, {self.block}) "
-                                   f"(block length {self.block}), got {y.shape}")
-        check_finite(self.info.name, y)
+    def probabilities(self, y: np.ndarray) -> np.ndarray:
         if isinstance(self.run, nn.Module):
             with torch.inference_mode():
-                p = self.run(torch.from_numpy(y).float()).double().numpy()
-        else:
-            p = np.asarray(self.run(y.astype(np.float32)), dtype=np.float64)
-        if not np.isfinite(p).all():
-            raise EngineError(f"{self.info.name}: the output became non-finite")
-        a0, a1 = self.alphabet
-        return Estimate(mean=a0 + (a1 - a0) * p, cov=None)
+                return self.run(torch.from_numpy(y).float()).double().numpy()
+        return super().probabilities(y)
 
 
 def fit_sbrnn(module: SBRNN, y: Tensor, s: Tensor, alphabet: tuple[float, float], steps: int = 500,

@@ -130,8 +130,11 @@ def forward_backward(log_f: np.ndarray, trellis: Trellis, log_T: np.ndarray,
     a0 = np.ones((N, S)) if alpha0 is None else np.asarray(alpha0, dtype=np.float64)
     K = chunk or (max(1, math.ceil(math.sqrt(B))) if N <= CHUNKED_MAX_N else B)
     C = -(-B // K)
-    if C * K > B:  # pad with uninformative factors: messages over the real symbols are unchanged
-        F = np.concatenate((F, np.ones((N, C * K - B, S))), axis=1)
+    pad = C * K - B  # the last chunk's last `pad` steps are padding (factors 1, skipped backward)
+    if pad:  # the forward messages over the real symbols are unchanged; the backward message starts
+        # at the block's last symbol, B - 1: a padded step must not pass it through T, whose max over
+        # c (max-product) is not constant when T is not uniform (a learned T: label statistics)
+        F = np.concatenate((F, np.ones((N, pad, S))), axis=1)
     F = F.reshape(N, C, K, S)
 
     def forward(a: np.ndarray, f: np.ndarray) -> np.ndarray:
@@ -152,8 +155,11 @@ def forward_backward(log_f: np.ndarray, trellis: Trellis, log_T: np.ndarray,
         # P_c = M_{cK} ... M_{cK+K-1}, each row a forward message through the chunk
         P = np.broadcast_to(np.eye(S), (N, C, S, S)).copy()
         for k in range(K):
+            last = P[:, C - 1].copy() if k >= K - pad else None
             P = reduce(P[..., trellis.pred] * Tp, axis=-2) * F[:, :, k, None, :]
             P /= P.max((-2, -1), keepdims=True)
+            if last is not None:  # a padded step: the last chunk's product ends at B - 1
+                P[:, C - 1] = last
         a = a_in[:, 0]
         for c in range(C - 1):  # alpha at the end of chunk c = alpha entering it times P_c
             a = reduce(a[:, :, None] * P[:, c], axis=-2)
@@ -167,6 +173,8 @@ def forward_backward(log_f: np.ndarray, trellis: Trellis, log_T: np.ndarray,
     for k in range(K):
         alpha[:, :, k] = a = forward(a, F[:, :, k])
     for k in range(K - 1, -1, -1):
+        if pad and k == K - pad - 1:  # the block's last symbol: beta_{B-1} = 1
+            b[:, C - 1] = 1.0
         beta[:, :, k] = b
         b = backward(b, F[:, :, k])
     gamma = (alpha * beta).reshape(N, C * K, S)[:, :B]
