@@ -47,6 +47,7 @@ from engines.errors import BackendUnavailable, EngineInputError
 from engines.imaging.ista import FISTA, IstaFamily, IstaLayer
 from engines.imaging.super_resolved_map import Accumulator  # noqa: F401 - ULM's map, numpy (no torch)
 from engines.ops.operators import BlurDownsample
+from engines.runtime.chunking import run_in_chunks
 
 FACTOR = 8  # the fine grid is 8x finer in each direction (the seed's Fig. 7)
 PSF_SIGMA_PX = (0.14 / 0.12, 0.32 / 0.12)  # sim:ceus default PSF sigma in coarse pixels (axial, lateral)
@@ -354,8 +355,11 @@ class ULMEngine:
         if x.ndim != 5 or x.shape[1] != 1 or x.shape[2] != 2:
             raise EngineInputError(f"{self.info.name}: expected (N, 1, 2, H, W) I/Q frames, got {x.shape}")
         check_finite(self.info.name, x)
+        return run_in_chunks(self._localize, np.ascontiguousarray(x, dtype=np.float32))  # bounded memory
+
+    def _localize(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+            return self.module(torch.from_numpy(x)).numpy()
 
 
 def build_ulm_fista(*, backend: str = "auto", n_iter: int = 100, rho: float = 0.05, threshold: float = 0.3,
