@@ -73,8 +73,8 @@ def test_doctor_reports_versions_gpus_backends_cache_qt_and_devices(tmp_path):
 def test_doctor_cli_prints_json():
     done = CliRunner().invoke(app, ["doctor", "--json"])
     assert done.exit_code == 0, done.output
-    assert set(json.loads(done.stdout)) == {"versions", "platform", "missing", "gpus", "backends", "cache_dir",
-                                            "qt", "devices"}
+    assert set(json.loads(done.stdout)) == {"versions", "platform", "missing", "gpus", "backends",
+                                            "cache_dir", "qt", "devices"}
 
 
 def test_export_cli_writes_model_onnx_of_an_artifact_folder(tmp_path):
