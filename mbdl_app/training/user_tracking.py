@@ -157,7 +157,10 @@ def train_on_file(arch: str, data: Path, *, model: str = "lorenz", out: Path, va
     N, T, n = x.shape
     torch.manual_seed(seed)
     kwargs = {"arch": "arch2"} if arch == "kalmannet" else {}
-    module = build_tracker_module(arch, params, x0_prior, **kwargs)
+    try:
+        module = build_tracker_module(arch, params, x0_prior, **kwargs)
+    except ValueError as e:
+        raise TrainingError(f"--model {model!r}: {e}") from None
     if (n, y.shape[2]) != (module.n, module.m):
         raise TrainingError(f"{data}: x has n = {n}, y m = {y.shape[2]}; model {model!r} has n = {module.n}, "
                             f"m = {module.m}")

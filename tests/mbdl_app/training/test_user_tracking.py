@@ -88,6 +88,9 @@ def test_unknown_model_and_architecture(tmp_path):
         parse_model("vanderpol")
     with pytest.raises(TrainingError, match="key=value"):
         parse_model("lorenz:foo=1")
+    np.savez(tmp_path / "ok.npz", x=np.zeros((4, 5, 3)), y=np.zeros((4, 5, 3)))
+    with pytest.raises(TrainingError, match="--model 'lorenz:obs=polar'"):
+        train_on_file("kalmannet", tmp_path / "ok.npz", model="lorenz:obs=polar", out=tmp_path, quiet=True)
     with pytest.raises(TrainingError, match="tracker architecture"):
         train_on_file("lista-cs", tmp_path / "x.npz", out=tmp_path)
     with pytest.raises(TrainingError, match="no such file"):
