@@ -42,7 +42,7 @@ _BUILDERS: dict[str, str | Callable[..., Any]] = {
     "admm": "engines.imaging.admm:build_admm",
     "bcjr": "engines.comms.sum_product:build_bcjr",
     "viterbi": "engines.comms.sum_product:build_viterbi",
-    "lfg-adaptive": "engines.comms.learned_factor_graph:build_adaptive",
+    "lfg-adaptive": "engines.comms.adaptive_numpy:build_adaptive",  # numpy without torch, else torch
     "sparcom": "engines.imaging.sparcom:build_sparcom",
     "smlm-fit": "engines.imaging.smlm_fit:build_smlm_fit",
     "pnp-admm": "engines.imaging.pnp:build_pnp_admm",

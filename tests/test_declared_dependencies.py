@@ -43,7 +43,7 @@ RUNTIME_ROOTS = (
     "mbdl_app.catalog", "mbdl_app.config", "engines.load", "engines.artifacts", "engines.runtime",
     "engines.tracking.tracker_parts", "engines.tracking.lorenz_numpy", "engines.imaging.svd_filter",
     "engines.imaging.smlm_fit", "engines.imaging.super_resolved_map", "engines.comms.sum_product",
-    "engines.comms.detectors",
+    "engines.comms.detectors", "engines.comms.adaptive_numpy",
 )
 
 

@@ -226,7 +226,8 @@ class AdaptiveTrellisDetector(TrellisDetector):
     Defaults measured on sim:isi vary=1 pilots=51 at gamma 0.2, 8 dB over 120 blocks: SER
     0.024 (frozen bcjrnet-isi 0.065, model-based BCJR with block-0 taps 0.058, BCJR knowing
     every block's taps 0.014); 10 steps: 0.020 at twice the cost. `reset` restores the
-    weights it started from, so a replay adapts the same way. Torch only (it trains).
+    weights it started from, so a replay adapts the same way. Torch (it trains); its numpy twin for
+    the runtime install without torch: engines/comms/adaptive_numpy.py.
     """
 
     def __init__(self, info: EngineInfo, module: LearnedFactors, trellis: Trellis, semiring: Semiring,

@@ -4,8 +4,9 @@ The recursion (engines/comms/sum_product.py: scaled linear-domain messages, the 
 chunks) against the textbook log-domain recursion written in torch here (forward-backward with
 logsumexp; Viterbi with max and a traceback); the shipped detectors bcjrnet-isi, viterbinet-isi and
 sbrnn-isi on ONNX Runtime in a process whose import system refuses torch (as a runtime install
-without the torch extra) against their torch engines on a fixed sim:isi stream; and the shipped
-comms session without torch.
+without the torch extra) against their torch engines on a fixed sim:isi stream; online adaptation
+(lfg-adaptive) in numpy (engines/comms/adaptive_numpy.py) against the torch one; and the shipped
+comms session without torch, every detector in it running.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch
 
 import engines
 from drivers.sim.isi import IsiParams, IsiSimulator
+from engines.comms.adaptive_numpy import NumpyFactors
+from engines.comms.learned_factor_graph import LearnedFactors
 from engines.comms.sum_product import Trellis, decisions, forward_backward, soft_symbols, symbol_error_rate
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -154,6 +157,39 @@ def test_shipped_detectors_on_onnxruntime_without_torch_decide_as_their_torch_en
         assert np.abs(soft_o - soft_t).max() < 1e-4, name
 
 
+# ---- online adaptation (lfg-adaptive) in numpy ------------------------------------------------------
+def test_the_numpy_factor_node_and_its_cross_entropy_gradients_are_the_torch_modules():
+    module = LearnedFactors(4)
+    module.load_state_dict(engines.load("bcjrnet-isi", backend="torch").module.state_dict())
+    twin = NumpyFactors({k: v.numpy() for k, v in module.state_dict().items()})
+    y, s, _ = IsiSimulator(IsiParams(**STREAM)).blocks(2)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(y).float()).double().numpy()
+    np.testing.assert_allclose(twin.log_likelihood(y), expected, rtol=1e-5, atol=1e-5)
+    labels = Trellis(4).states_of(s[0])
+    samples = torch.from_numpy(y[0, 3:]).float()[None]
+    loss = torch.nn.functional.cross_entropy(module.logits(samples)[0], torch.from_numpy(labels))
+    loss.backward()
+    ours, grads = twin.gradients(y[0, 3:], labels)
+    assert ours == pytest.approx(loss.item(), rel=1e-5)
+    for g, p in zip(grads, [*module.weights, *module.biases], strict=True):
+        np.testing.assert_allclose(g, p.grad[0].numpy().reshape(g.shape), rtol=1e-4, atol=1e-6)
+
+
+def test_numpy_online_adaptation_decides_as_the_torch_one_on_a_drifting_channel():
+    params = IsiParams(gamma=0.2, snr_db=8.0, block=500, seed=2, vary=1, pilots=51)
+    y, s, _ = IsiSimulator(params).blocks(12)
+    soft = {}
+    for backend in ("torch", "numpy"):
+        d = engines.load("lfg-adaptive", backend=backend, pilots=params.model()["pilots"])
+        assert d.info.backend == backend
+        d.reset(1)
+        soft[backend] = np.concatenate([d.step(y[k:k + 1]).mean for k in range(len(y))])
+        assert d.adaptations == len(y)
+    assert np.array_equal(decisions(soft["numpy"], (-1.0, 1.0)), decisions(soft["torch"], (-1.0, 1.0)))
+    assert np.abs(soft["numpy"] - soft["torch"]).max() < 1e-4
+
+
 COMMS_SESSION = """
     import json, time
     from mbdl_app.config import load_config
@@ -173,14 +209,13 @@ COMMS_SESSION = """
 
 
 @pytest.mark.slow
-def test_the_comms_session_runs_without_torch_every_detector_but_the_adaptive_one():
+def test_the_comms_session_runs_without_torch_every_detector():
     out = run_without_torch(COMMS_SESSION)
     assert out["torch_loaded"] is False
-    # online adaptation trains its classifier every block (torch): skipped, in one line
-    assert list(out["skipped"]) == ["lfg-adaptive"] and "needs torch" in out["skipped"]["lfg-adaptive"]
+    assert out["skipped"] == {}
     assert out["backends"] == {"viterbi": "numpy", "bcjr": "numpy", "bcjr-csi-uncertain": "numpy",
                                "viterbinet-isi": "onnxruntime", "bcjrnet-isi": "onnxruntime",
                                "sbrnn-isi": "onnxruntime", "bcjrnet-frozen": "onnxruntime",
-                               "bcjr-drift": "numpy"}
+                               "lfg-adaptive": "numpy", "bcjr-drift": "numpy"}
     for label in out["backends"]:
         assert out["results"][label] > 0 and 0 <= out["ser"][label] < 0.2, (label, out)
