@@ -324,7 +324,6 @@ def train(
         print(f"{res.folder}  best epoch {res.best_epoch}: validation MSE {res.best_val_db} dB")
         return
 
-
     import exported_models
     from mbdl_app.training.artifact import cache_dir
     from mbdl_app.training.recipes import get_recipe
@@ -409,7 +408,6 @@ def gui(
     raise typer.Exit(run_gui(config, calibrated) if calibrated else run_gui(config))
 
 
-
 @bench_app.command("gui")
 def bench_gui(
     out: Annotated[Path, typer.Option(help="Folder for the JSON report.")] = Path("bench_out"),
@@ -439,12 +437,23 @@ def bench_ceus(
     sliding: Annotated[bool, typer.Option(help="Issue 15: corona-ceus and corona-fast alone at hop 1, fig6 "
                                           "MSE, CPU limit (ceus_sliding.json; --duration per run).")] = False,
     rounds: Annotated[int, typer.Option(help="--sliding: rounds per engine and thread count.")] = 2,
+    rate: Annotated[float, typer.Option(help="--sliding: source frames/s (the clinician path: 20).")] = 100.0,
+    engines: Annotated[str, typer.Option(help="--sliding: engines, comma-separated; the last is the "
+                                         "target's.")] = "corona-ceus,corona-fast",
+    threads: Annotated[str, typer.Option(help="--sliding: intra-op thread counts, comma-separated.")] = "1,2",
 ) -> None:
     """Live CORONA beside RPCA-FISTA on sim:ceus: results/s, windows/s, p50/p99 (issue 4's target)."""
     if sliding:
         from mbdl_app.bench.ceus_sliding import run_sliding_bench
 
-        raise typer.Exit(run_sliding_bench(out, duration, size, rounds))
+        try:
+            names = tuple(n.strip() for n in engines.split(",") if n.strip())
+            counts = tuple(int(t) for t in threads.split(",") if t.strip())
+            code = run_sliding_bench(out, duration, size, rounds, counts, names, rate)
+        except ValueError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        raise typer.Exit(code)
     from mbdl_app.bench.ceus_bench import run_ceus_bench
 
     raise typer.Exit(run_ceus_bench(out, duration, size))

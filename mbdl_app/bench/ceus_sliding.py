@@ -3,10 +3,12 @@
 Issue 15's speed target: a live sliding-window CORONA at >= 15 windows/s on 2 cores at MSE <= 0.12
 on fig6's test set, p99 reported. Three parts, all in one run:
 
-1. live: `sim:ceus` at SIZE x SIZE, 100 frames/s, with ONE engine at hop 1 (a window of the last
+1. live: `sim:ceus` at SIZE x SIZE, `rate` frames/s (default 100; the clinician path runs 20, which
+   caps a hop-1 sliding window at 20 windows/s), with ONE engine at hop 1 (a window of the last
    20 frames per result, the newest frame's S shown), for `duration` s per engine; the engines
    run one after another in `rounds` alternating rounds (reference, fast, reference, fast, ...:
-   a load change on shared cores hits both), each at torch intra-op threads 1 and 2 where asked.
+   a load change on shared cores hits both), each at intra-op threads 1 and 2 where asked (torch's
+   and, since issue 15 part 2, the ONNX Runtime session's: `Session(intra_op_threads=...)`).
    Per run: windows/s (= results/s at hop 1), per-window compute latency p50/p99, end-to-end p99,
    frames skipped, live MSE (dB); medians over rounds in the summary;
 2. quality: MSE of S on fig6's test set (mbdl_app/experiments/fig6.py: 64 held-out windows 32 x 32
@@ -42,9 +44,10 @@ TARGET_WINDOWS_PER_S, TARGET_MSE = 15.0, 0.12
 KEYS = ("results", "skipped", "latency_p50_ms", "latency_p99_ms", "e2e_p99_ms", "mse_db_overall", "backend")
 
 
-def live_run(engine: str, size: int, duration: float, threads: int, backend: str = "auto") -> dict[str, Any]:
-    """One engine at hop 1 on sim:ceus (SIZE x SIZE @ 100 Hz) for `duration` s."""
-    cfg = SessionConfig(sources=[SourceConfig(name="ceus", uri=f"sim:ceus?size={size}&rate=100")],
+def live_run(engine: str, size: int, duration: float, threads: int, backend: str = "auto",
+             rate: float = 100.0) -> dict[str, Any]:
+    """One engine at hop 1 on sim:ceus (SIZE x SIZE @ `rate` Hz) for `duration` s."""
+    cfg = SessionConfig(sources=[SourceConfig(name="ceus", uri=f"sim:ceus?size={size}&rate={rate:g}")],
                         engines=[EngineConfig(name=engine, hop=1, backend=backend)])
     session = Session(cfg, intra_op_threads=threads)
     session.start()
@@ -151,8 +154,13 @@ def isolated_latency(names: list[str], size: int, threads: int, calls: int = 7) 
 
 
 def run_sliding_bench(out: Path, duration: float = 20.0, size: int = 128, rounds: int = 2,
-                      threads: tuple[int, ...] = (1, 2), names: tuple[str, ...] = (REFERENCE, FAST)) -> int:
-    """All three parts; writes ceus_sliding.json; 0 when the fast engine meets the target, else 1."""
+                      threads: tuple[int, ...] = (1, 2), names: tuple[str, ...] = (REFERENCE, FAST),
+                      rate: float = 100.0) -> int:
+    """All three parts; writes ceus_sliding.json; 0 when the fast engine (the last of `names`)
+    meets the target, else 1."""
+    if rate <= 0 or not names or not threads or min(threads) < 1:
+        raise ValueError(f"sliding bench: rate must be > 0 (got {rate}), engines and threads (>= 1) "
+                         f"non-empty (got {names}, {threads})")
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     load_start = os.getloadavg()
@@ -161,7 +169,7 @@ def run_sliding_bench(out: Path, duration: float = 20.0, size: int = 128, rounds
         for t in threads:
             for n in names:
                 print(f"live: {n} hop 1, {t} thread(s) ...", file=sys.stderr, flush=True)
-                runs[f"{n} t{t}"].append(live_run(n, size, duration, t))
+                runs[f"{n} t{t}"].append(live_run(n, size, duration, t, rate=rate))
     live = {k: {"windows_per_s_median": statistics.median(r["windows_per_s"] for r in v),
                 "latency_p50_ms_median": statistics.median(r["latency_p50_ms"] for r in v),
                 "latency_p99_ms_median": statistics.median(r["latency_p99_ms"] for r in v),
@@ -179,7 +187,8 @@ def run_sliding_bench(out: Path, duration: float = 20.0, size: int = 128, rounds
     measured = live[f"{fast} t{best}"]["windows_per_s_median"]
     met = measured >= TARGET_WINDOWS_PER_S and engines_[fast]["fig6_mse_S"] <= TARGET_MSE
     report = {
-        "bench": "ceus-sliding", "size": size, "window": 20, "hop": 1, "duration_s_per_run": duration,
+        "bench": "ceus-sliding", "size": size, "rate_hz": rate, "window": 20, "hop": 1,
+        "duration_s_per_run": duration,
         "rounds": rounds, "live": live, "engines": engines_,
         "sustained_gflop_s": {f"t{t}": round(g / 1e9, 1) for t, g in gemm.items()},
         "isolated_batch1": isolated,
@@ -214,7 +223,8 @@ def table(report: dict[str, Any]) -> str:
     tgt = report["target"]
     m = report["machine"]
     lines.append(f"target {tgt['engine']} >= {tgt['windows_per_s_at_least']:.0f} windows/s at fig6 MSE <= "
-                 f"{tgt['mse_at_most']}: {tgt['measured_windows_per_s']:.2f}/s ({tgt['threads']} thread(s)), "
+                 f"{tgt['mse_at_most']}: {tgt['measured_windows_per_s']:.2f}/s ({tgt['threads']} thread(s), "
+                 f"source {report.get('rate_hz', 100.0):g} Hz), "
                  f"MSE {tgt['measured_fig6_mse']:.4f}: {'met' if tgt['met'] else 'MISSED'}; load average "
                  f"{m['load_avg_at_start'][0]} -> {m['load_avg_at_end'][0]}")
     return "\n".join(lines)

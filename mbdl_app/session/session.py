@@ -31,6 +31,7 @@ from drivers.errors import DriverError
 from drivers.recording import ResultSpec
 from engines.errors import TorchMissing
 from engines.load import accepted_params
+from engines.runtime.onnxruntime_runtime import set_default_intra_op_threads as ort_default_threads
 from engines.runtime.threads import set_intra_op_threads_if_loaded
 from mbdl_app import __version__
 from mbdl_app.catalog import engine_kind
@@ -112,8 +113,10 @@ class Session:
 
     def __init__(self, config: SessionConfig, record: str | Path | None = None,
                  intra_op_threads: int = 1) -> None:
-        """`intra_op_threads`: torch threads per call (0 = leave torch's default); one
-        suits a live session, whose parallelism is one thread per engine."""
+        """`intra_op_threads`: torch threads per call (0 = leave torch's default), and the intra-op
+        threads of the ONNX Runtime sessions its engines open (0 = ONNX Runtime's default of 1 here);
+        one suits a live session, whose parallelism is one thread per engine; a single heavy engine
+        (the sliding-window CORONA, issue 15) may take 2."""
         self.config = config
         self.intra_op_threads = intra_op_threads
         self.record_path = Path(record) if record else (
@@ -227,6 +230,7 @@ class Session:
             raise SessionError("session already started")
         self._started = True
         set_intra_op_threads_if_loaded(self.intra_op_threads)
+        ort_threads = ort_default_threads(self.intra_op_threads) if self.intra_op_threads > 0 else None
         try:
             self._open_sources()
             specs, artifacts = [], {}
@@ -287,6 +291,9 @@ class Session:
         except BaseException:
             self._close_sources()
             raise
+        finally:
+            if ort_threads is not None:
+                ort_default_threads(ort_threads)
         self._t_start = time.monotonic()
         for w in self._workers:
             w.start()

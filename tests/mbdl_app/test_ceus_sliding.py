@@ -25,3 +25,10 @@ def test_sliding_bench_reports_both_engines_side_by_side_with_fig6_mse_and_cpu_l
         assert e["cpu_limit_windows_per_s"]["t1"] > 0
         assert report["isolated_batch1"]["t1"][f"{name} torch"]["median_ms"] > 0
     assert report["engines"][FAST]["gflop_per_window"] < report["engines"][REFERENCE]["gflop_per_window"]
+
+
+def test_a_bad_rate_or_empty_engine_list_is_refused_in_one_line(tmp_path):
+    with pytest.raises(ValueError, match="rate must be > 0"):
+        run_sliding_bench(tmp_path, rate=0.0)
+    with pytest.raises(ValueError, match="non-empty"):
+        run_sliding_bench(tmp_path, names=())
