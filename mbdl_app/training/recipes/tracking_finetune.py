@@ -12,7 +12,7 @@ model never saw:
 - validation: VAL_LONG x POOL_T (seed 7112), cut the same way.
 
 `kalmannet-lorenz-ft`: whole-segment BPTT, lr 1e-4 cosine to 1e-6, to lower the error on
-independent data (experiments/lorenz_independent.py: DOP853, random points on the
+independent data (training/lorenz_independent.py: DOP853, random points on the
 attractor). `kalmannet-lorenz-drop`: the same, with random drop-outs: each training
 sequence loses a fraction p of its observations (NaN rows), p = 0 for half of the
 sequences and uniform in [0, DROP_MAX] for the other half; a missing y_t is handled as
@@ -181,7 +181,7 @@ class FineTuneRecipe(Recipe):
     def build(self, quick: bool) -> Plan:
         from safetensors.torch import load_file
 
-        from mbdl_app.experiments.lorenz_independent import evaluate_tensors
+        from mbdl_app.training.lorenz_independent import evaluate_tensors
 
         size = FT_QUICK if quick else self.full
         setting = SETTINGS["lorenz"]
@@ -262,6 +262,6 @@ RECIPES = (
                    full=replace(FT_FULL, pool_long=16)),
     FineTuneRecipe("kalmannet-lorenz-drop",
                    "KalmanNet #2 (seed Ex. 18) fine-tuned with random missing observations", DROP_MAX,
-                   full=replace(FT_FULL, pool_long=16, steps=40)),
+                   lr=3e-4, full=replace(FT_FULL, pool_long=16, steps=80)),
 )
 FT, DROP = RECIPES

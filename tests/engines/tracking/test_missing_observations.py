@@ -1,6 +1,6 @@
 """Missing observations (issue 17, item 5): every tracker predicts through a NaN row, flags it
 (`Estimate.gated`), and stays finite at 10 % and 50 % missing on independent Lorenz data
-(mbdl_app/experiments/lorenz_independent.py: DOP853, random starts on the attractor).
+(mbdl_app/training/lorenz_independent.py: DOP853, random starts on the attractor).
 
 Bounds from measurements on this set (2 x 200 steps; the full figures, 10 x 1000, are in the
 issue-17 report): each tracker's MSE at 10 % missing is within 2 dB of its MSE without, at
@@ -15,7 +15,7 @@ import pytest
 
 import engines
 from engines.errors import UnknownEngineError
-from mbdl_app.experiments.lorenz_independent import drop_rows, independent_set, model_params, run_tracker
+from mbdl_app.training.lorenz_independent import drop_rows, independent_set, model_params, run_tracker
 
 N, T = 2, 200
 # tracker -> the largest MSE (dB) allowed at 50 % missing (measured + margin, see the docstring)

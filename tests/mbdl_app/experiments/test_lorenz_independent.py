@@ -12,14 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 import engines
-from mbdl_app.experiments.lorenz_independent import (
-    MODEL,
-    independent_set,
-    integrate,
-    mse_db,
-    run_independent,
-    run_tracker,
-)
+from mbdl_app.experiments.lorenz_independent import run_independent
+from mbdl_app.training.lorenz_independent import MODEL, independent_set, integrate, mse_db, run_tracker
 
 
 def test_the_set_is_deterministic_on_the_attractor_and_matches_the_ode():
