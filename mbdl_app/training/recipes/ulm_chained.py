@@ -21,7 +21,10 @@ the gain: 0.27 / 35.4), so the fine-tune does NOT reach the issue's 0.55 / 35 um
 artifact is shipped; a wider loss (sigma 2 fine pixels), whole-field batches and a larger
 kernel (9 x 13, from scratch) did no better in shorter pilots. The limit is the separation,
 not the localizer: the next step is a separator trained for what ULM needs (a joint
-fine-tune), which changes CORONA.
+fine-tune), which changes CORONA. Two findings for it: ULM's envelope sqrt(I^2 + Q^2) has a
+NaN gradient at CORONA's exact zeros (its shrinkage), so every CORONA gradient of the ULM loss
+is non-finite until the envelope gets an epsilon; with sqrt(. + 1e-8), a 300-step pilot (CORONA
+lr 1e-4, ULM 5e-4, 4 frames of a window per step, 10 min at load ~9) stayed at 0.24-0.27.
 
 Teacher: the shipped `corona-ceus` (ONNX Runtime; torch where ONNX Runtime is missing), run
 as a live session does: consecutive blocks of 20 frames of sim:ceus data (tissue included).
