@@ -14,6 +14,15 @@ machine allowed). The card records the teacher and its sha256, the MSE on fig6's
 fig6 MSE before fine-tuning, and the batch-1 torch latency of student and teacher at the live
 size (one thread, with the load average: a shared machine's timings vary); the live sliding-window
 rate is `mbdl bench ceus --sliding`'s.
+
+Recipe `corona-lite` (LITE, same module): the shallower student of `corona-fast` for the live rate
+(issue 15 part 2): 5 unfolded layers initialized from corona-fast's layers LITE_LAYERS = 1, 6, 7, 9, 10
+(kernels and thresholds; fig6 MSE of that stack before training 0.153, of corona-fast's first 5
+layers 0.197), fine-tuned on the same data and loss for LITE_STEPS steps (about half the FLOPs and
+window-sized memory passes of corona-fast per window). The shipped run (120 steps, 481 s of training
+after ~7 min of data generation at load average 6-9): fig6 MSE 0.1325 (misses issue 15's 0.12 by
+0.0125; validation MSE(S) still falling, 0.146 -> 0.138), torch batch-1 latency 93.7 vs corona-fast's
+190.3 ms at 128 x 128 x 20 (one thread, load 4.2).
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ TEACHER = "corona-ceus"
 KWARGS = {"n_layers": 10, "large_layers": 0, "small": 3, "sign_iterations": 12, "inv_sqrt_iterations": 10,
           "power_squarings": 4}
 STEPS, BATCH, LR, EVAL_EVERY = 40, 8, 1e-3, 10
+LITE_KWARGS = {**KWARGS, "n_layers": 5}
+LITE_LAYERS = (0, 5, 6, 8, 9)  # corona-fast's layers 1, 6, 7, 9, 10
+LITE_STEPS = 120
 FIG6_SEED, FIG6_WINDOWS = 4, 64  # mbdl_app/experiments/fig6.py's test set (32 x 32 x 20)
 
 
@@ -46,16 +58,21 @@ def crop_kernel(w: torch.Tensor, size: int) -> torch.Tensor:
     return w[..., c - r:c + r + 1, c - r:c + r + 1]
 
 
-def student_from_teacher(teacher: torch.nn.Module, **kwargs: Any) -> CoronaFast:
-    """A CoronaFast with the teacher's thresholds and its kernels cropped to the student's sizes."""
+def student_from_teacher(teacher: torch.nn.Module, layers: tuple[int, ...] | None = None,
+                         **kwargs: Any) -> CoronaFast:
+    """A CoronaFast with the teacher's thresholds and its kernels cropped to the student's sizes;
+    `layers` (0-based teacher layer of each student layer; default all, in order) picks a shallower
+    student's layers."""
     student = CoronaFast(**kwargs)
-    if student.n_layers != teacher.n_layers:
-        raise ValueError(f"student has {student.n_layers} layers, teacher {teacher.n_layers}")
+    picked = tuple(range(teacher.n_layers)) if layers is None else tuple(layers)
+    if len(picked) != student.n_layers or not all(0 <= k < teacher.n_layers for k in picked):
+        raise ValueError(f"student has {student.n_layers} layers, teacher {teacher.n_layers}: "
+                         f"cannot take teacher layers {picked}")
     with torch.no_grad():
-        for k, size in enumerate(student.kernel_sizes):
-            student.kernels[k].copy_(crop_kernel(teacher.kernels[k], size))
-        student.a.copy_(teacher.a)
-        student.b.copy_(teacher.b)
+        for j, (k, size) in enumerate(zip(picked, student.kernel_sizes, strict=True)):
+            student.kernels[j].copy_(crop_kernel(teacher.kernels[k], size))
+            student.a[j].copy_(teacher.a[k])
+            student.b[j].copy_(teacher.b[k])
     return student
 
 
@@ -116,15 +133,21 @@ class CoronaFastRecipe(Recipe):
     description = ("CORONA student of corona-ceus for the live sliding window: 10 layers of 3 x 3 kernels, "
                    "SVT with 12 / 10 / 4 Newton-Schulz iterations, computed I/Q-interleaved")
     seed = 0
+    teacher = TEACHER
+    kwargs = KWARGS
+    layers: tuple[int, ...] | None = None
+    steps = STEPS
+    eval_every = EVAL_EVERY
+    transfer = "initialized from the teacher's weights, 5 x 5 kernels cropped to 3 x 3"
 
     def build(self, quick: bool) -> Plan:
         from engines.load import load_artifact
 
         size = QUICK if quick else FULL
         sets = ceus_sets(size)
-        teacher_engine = load_artifact(exported_models.ROOT / TEACHER, backend="torch")
+        teacher_engine = load_artifact(exported_models.ROOT / self.teacher, backend="torch")
         teacher = teacher_engine.module
-        model = student_from_teacher(teacher, **KWARGS)
+        model = student_from_teacher(teacher, self.layers, **self.kwargs)
         fig6 = fig6_set(quick)
         start_mse = fig6_mse(model, fig6)
         teacher_mse = fig6_mse(teacher, fig6)
@@ -146,20 +169,20 @@ class CoronaFastRecipe(Recipe):
                     "latency": latency_ms({"student": trainer.model, "teacher": teacher}, side,
                                           calls=1 if quick else 5)}
 
-        steps = 3 if quick else STEPS
+        steps = 3 if quick else self.steps
         side = size.patch if quick else LIVE_SIZE
         card = {
             "task": "clutter-suppression",
             "family": "unfolded",
             "description": self.description,
-            "architecture": {"name": "corona-fast", "kwargs": KWARGS},
+            "architecture": {"name": "corona-fast", "kwargs": self.kwargs},
             "input": {"shape": ["N", WINDOW, 2, side, side], "window": WINDOW, "dtype": "float32",
                       "normalization": "none (scale-equivariant, as CORONA)",
                       "meaning": "windows of complex I/Q frames D, channels [I, Q]"},
             "output": {"shape": ["N", WINDOW, 2, side, side], "dtype": "float32",
                        "meaning": "the bubble (contrast) signal S of every frame of the window"},
-            "teacher": {"name": TEACHER, "sha256": teacher_engine.artifact_sha256,
-                        "transfer": "initialized from the teacher's weights, 5 x 5 kernels cropped to 3 x 3"},
+            "teacher": {"name": self.teacher, "sha256": teacher_engine.artifact_sha256,
+                        "transfer": self.transfer},
             "training": {
                 "data": (f"sim:ceus defaults, {size.patch} x {size.patch} x {WINDOW} windows: "
                          f"{size.train} train (seed 1), {size.val} val (seed 2), {size.test} test "
@@ -173,9 +196,25 @@ class CoronaFastRecipe(Recipe):
                     val_data=pair(sets["val"]),
                     config=TrainConfig(lr=LR, max_steps=steps, batch_size=min(BATCH, size.train),
                                        schedule=Cosine(final=0.02), grad_clip=1.0,
-                                       eval_every=EVAL_EVERY if not quick else max(1, steps // 3),
+                                       eval_every=self.eval_every if not quick else max(1, steps // 3),
                                        device="cpu"),
                     evaluate=evaluate, card=card, metric_fn=mse_of_S)
 
 
+class CoronaLiteRecipe(CoronaFastRecipe):
+    """The 5-layer student of `corona-fast` (see the module docstring)."""
+
+    name = "corona-lite"
+    description = ("CORONA student of corona-fast for the live sliding window: 5 unfolded layers of 3 x 3 "
+                   "kernels, SVT with 12 / 10 / 4 Newton-Schulz iterations, computed I/Q-interleaved")
+    teacher = "corona-fast"
+    kwargs = LITE_KWARGS
+    layers = LITE_LAYERS
+    steps = LITE_STEPS
+    eval_every = 20
+    transfer = ("initialized from the teacher's layers 1, 6, 7, 9, 10 (kernels and thresholds), "
+                "then fine-tuned on the simulator's truth")
+
+
 RECIPE = CoronaFastRecipe()
+LITE = CoronaLiteRecipe()
