@@ -9,10 +9,8 @@ and returns the denoised image z - r_theta([z, alpha]):
     h(z; alpha) = z - r
 
 No batch norm (the paper's DnCNN has it; without it the network is the same in train and eval
-mode and one ONNX graph serves every noise level). At depth 10 and width 32: 74,881 weights (DnCNN's
-17 x 64 has 556k: the training budget is minutes of one shared CPU core). The first shipped version
-(depth 8, width 24, 31,921 weights, 1,600 steps on 32 x 32 patches) scored 29.16 dB alone on the held-out
-camera at sigma 25/255; see the recipe for the present one.
+mode and one ONNX graph serves every noise level). At depth 8 and width 24: 31,921 weights (width 24,
+not DnCNN's 64: the training budget is minutes of one shared CPU core).
 
 Images are on a [0, 1] intensity scale and alpha is in the same units (25/255 for the usual
 sigma = 25 on 8-bit images). The recipe (`mbdl train dncnn`) trains it on patches of the
@@ -32,7 +30,7 @@ from torch import Tensor, nn
 from engines.base import EngineInfo, check_finite
 from engines.errors import BackendUnavailable, EngineInputError
 
-DEPTH, WIDTH = 10, 32
+DEPTH, WIDTH = 8, 24
 ARCH = {"depth": DEPTH, "width": WIDTH}
 
 
