@@ -19,7 +19,8 @@ from mbdl_app.training.lorenz_independent import drop_rows, independent_set, mod
 
 N, T = 2, 200
 # tracker -> the largest MSE (dB) allowed at 50 % missing (measured + margin, see the docstring)
-# (measured at 50 %: kf 7.9, ekf -3.5, ukf -3.5, pf -3.1 (200 particles, for time), kalmannet-lorenz 5.8 (12.2 on 3 x 300:
+# (measured at 50 %: kf 7.9, ekf -3.5, ukf -3.5, pf -3.1 (200 particles, for time),
+# kalmannet-lorenz 5.8 (12.2 on 3 x 300:
 # erratic), kalmannet-lorenz-ft 4.6, mbrnn-lorenz -2.6, kalmannet-lorenz-drop -4.1 dB)
 BOUND_50 = {"kf": 12.0, "ekf": -1.5, "ukf": -1.5, "pf": -1.5, "kalmannet-lorenz": 20.0, "mbrnn-lorenz": 3.0,
             "kalmannet-lorenz-ft": 20.0,
