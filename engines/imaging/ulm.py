@@ -242,10 +242,13 @@ class ULMFista(FISTA):
         super().__init__(H, rho=rho, n_iter=n_iter, mu=mu)
 
 
+ENVELOPE_EPS = 1e-14  # inside the sqrt: a finite gradient at exact zeros (CORONA's shrinkage), |change| <= 1e-7
+
+
 def envelope(x: Tensor) -> Tensor:
     """|S| of the newest frame of I/Q windows (N, T, 2, h, w) -> (N, h, w)."""
     z = x[:, -1]
-    return (z[:, 0].square() + z[:, 1].square()).sqrt()
+    return (z[:, 0].square() + z[:, 1].square() + ENVELOPE_EPS).sqrt()
 
 
 class SuperResolution(nn.Module):
