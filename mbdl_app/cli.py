@@ -589,12 +589,15 @@ def reproduce_fig7(
     = "corona-ceus",
     chained: Annotated[str, typer.Option(help="Also chain this ULM artifact (folder, e.g. from "
                                                "`mbdl train ulm-chained`) after the separator.")] = "",
+    separator: Annotated[str, typer.Option(help="Run this separator (folder, e.g. from `mbdl train "
+                                                 "corona-ulm`) before --chained: a joint pair.")] = "",
 ) -> None:
     """Seed Fig. 7: ULM maps of the conv LISTA, FISTA and coarse peaks vs the true vessels; Jaccard, RMSE;
     and the chain CORONA -> ulm-lista on the data."""
     from mbdl_app.experiments.fig7 import run_fig7
 
-    run_fig7(out / "fig7", quick=quick, lista=lista, corona=corona, chained=chained or None)
+    run_fig7(out / "fig7", quick=quick, lista=lista, corona=corona, chained=chained or None,
+             separator=separator or None)
 
 
 @reproduce_app.command("fig8")

@@ -242,7 +242,8 @@ class ULMFista(FISTA):
         super().__init__(H, rho=rho, n_iter=n_iter, mu=mu)
 
 
-ENVELOPE_EPS = 1e-14  # inside the sqrt: a finite gradient at exact zeros (CORONA's shrinkage), |change| <= 1e-7
+# inside the sqrt: a finite gradient at exact zeros (CORONA's shrinkage); values change <= 1e-7
+ENVELOPE_EPS = 1e-14
 
 
 def envelope(x: Tensor) -> Tensor:

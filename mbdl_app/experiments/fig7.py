@@ -187,8 +187,13 @@ def _plot(path: Path, panels: dict[str, np.ndarray], extent_mm: float) -> None:
 
 
 def run_fig7(out: str | Path, quick: bool = False, lista: str = "ulm-lista", log=print,
-             corona: str = "corona-ceus", chained: str | None = None) -> dict[str, Any]:
-    """Run the experiment into folder `out` (created); returns what fig7.json holds."""
+             corona: str = "corona-ceus", chained: str | None = None,
+             separator: str | None = None) -> dict[str, Any]:
+    """Run the experiment into folder `out` (created); returns what fig7.json holds. `separator`
+    (a clutter-suppression artifact folder, e.g. corona-ulm from `mbdl train corona-ulm`) runs in
+    front of the `chained` localizer instead of `corona` (a jointly trained pair)."""
+    if separator and not chained:
+        raise ValueError(f"fig7 --separator {separator}: needs --chained, the ULM artifact trained with it")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     size = QUICK if quick else FULL
@@ -239,7 +244,18 @@ def run_fig7(out: str | Path, quick: bool = False, lista: str = "ulm-lista", log
         test_S = separated(separator, test.D)
         seconds = (time.process_time() - start) / len(test.D)
         val_S = separated(separator, val.D)
+        own = load_module(separator) if separator and chained else None
+        if separator and chained and own is None:
+            raise ValueError(f"fig7 --separator {separator}: not a clutter-suppression artifact folder")
         for name, localizer in localizers.items():
+            if own is not None and name != "ulm-lista":  # the jointly trained pair: its own separator
+                start = time.process_time()
+                own_test = separated(own, test.D)
+                own_s = (time.process_time() - start) / len(test.D)
+                evaluate(f"{Path(separator).name} -> {name}", localizer, separated(own, val.D), own_test,
+                         input=f"{Path(separator).name}'s bubbles from the data",
+                         separator_cpu_ms_per_frame=round(1e3 * own_s, 2))
+                continue
             evaluate(f"{corona} -> {name}", localizer, val_S, test_S,
                      input=f"{corona}'s bubbles from the data",
                      separator_cpu_ms_per_frame=round(1e3 * seconds, 2))
