@@ -5,9 +5,10 @@ Every artifact is produced by a recipe (`mbdl train NAME`) and verified by sha25
 sparse coding on the 250 x 500 noiseless benchmark — lista-cs (~47 MB with its ONNX),
 lista-cpss-cs (~17 MB), alista-cs, learned-admm-cs, unfolded-admm-cs (~3 MB each); tracking —
 kalmannet-lorenz, kalmannet-lorenz-rot, mbrnn-lorenz, kalmannet-lorenz-ft (fine-tuned on varied
-starts, issue 17), kalmannet-lorenz-drop (fine-tuned with missing observations) (~0.2 MB each); ultrasound — corona-ceus, corona-fast (its student for the
-live sliding window), corona-lite (corona-fast's 5-layer student, issue 15 part 2), resnet-ceus, ulm-lista (< 1 MB each); microscopy — lsparcom (0.4 MB),
-deep-storm (2.8 MB);
+starts, issue 17), kalmannet-lorenz-drop (fine-tuned with missing observations) (~0.2 MB each);
+ultrasound — corona-ceus, corona-fast (its student for the live sliding window), corona-lite
+(corona-fast's 5-layer student, issue 15 part 2), resnet-ceus, ulm-lista (< 1 MB each);
+microscopy — lsparcom (0.4 MB), deep-storm (2.8 MB);
 communications — bcjrnet-isi, viterbinet-isi, sbrnn-isi; control — kalmannet-cv (36 KB: KalmanNet
 with the known input, for the CV plant of `mbdl reproduce control`); priors (seed Ex. 20, 21) — dncnn
 (the plug-and-play denoiser), vae-digits (the CSGM prior), 0.3 MB each. The Ex. 16 network

@@ -18,7 +18,8 @@ def _ort_session(engine):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_session_gives_its_onnxruntime_engines_its_intra_op_threads_and_restores_the_default(threads):
     cfg = SessionConfig(sources=[SourceConfig(name="lorenz", uri="sim:lorenz?seed=3&rate=200&n=20")],
-                        engines=[EngineConfig(name="kalmannet-lorenz", backend="onnxruntime", source="lorenz")])
+                        engines=[EngineConfig(name="kalmannet-lorenz", backend="onnxruntime",
+                                              source="lorenz")])
     s = Session(cfg, intra_op_threads=threads)
     s.start()
     try:
