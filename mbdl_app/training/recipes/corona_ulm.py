@@ -17,6 +17,16 @@ without it the gradient is NaN at CORONA's exact zeros and no CORONA gradient is
 Scores: fig7's protocol exactly (ulm_chained.fig7_protocol: threshold on 20 frames of seed 22,
 test on 120 frames of seed 21, CORONA in consecutive blocks of 20, tolerance 0.5 pixel), with
 the jointly trained CORONA in front of the jointly trained ULM.
+
+Result (measured 2026-12-06, `nice -n 10 python -m mbdl_app.training.recipes.corona_ulm 840 DIR`,
+one torch thread, load average 8 -> 1.4): 1,140 steps in 848 s (gain 0.573, CORONA weight 9.4e-5);
+the chain's held-out fig7 score went from 0.268 / 35.4 um (step 0: the shipped pair, ULM with the
+gain) through 0.24-0.30 (every 100 steps) to 0.309 / 37.0 um (precision 0.55, recall 0.41; tp/fp/fn
+212/172/302). The issue's 0.55 / 35 um is NOT met (Jaccard short by 0.24, RMSE 2 um over), and
++0.04 Jaccard is within the run's step-to-step spread with a worse RMSE, so no artifact is shipped
+and the recipe is not registered with `mbdl train`. A 300-step pilot at CORONA lr 1e-4 stayed at
+0.24-0.27 (ulm_chained's docstring). CORONA's capacity (a learned pair of kernels per layer and two
+thresholds) is the likely limit: the next step is a larger separator trained for ULM's loss.
 """
 
 from __future__ import annotations
