@@ -35,7 +35,8 @@ else:  # pragma: no cover - Python 3.10
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ("mbdl_app", "ui", "engines", "drivers", "exported_models")
 # Modules that are not installed here (so importlib.metadata cannot map them) -> distribution.
-NOT_INSTALLED_HERE = {"tensorrt": "tensorrt", "pymmcore_plus": "pymmcore-plus", "tomli": "tomli"}
+NOT_INSTALLED_HERE = {"tensorrt": "tensorrt", "pymmcore_plus": "pymmcore-plus", "tomli": "tomli",
+                      "skimage": "scikit-image", "sklearn": "scikit-learn", "bm3d": "bm3d"}
 # What the torch-free runtime install imports: the live session, replay, GUI and CLI, the engine
 # loader with the ONNX Runtime / TensorRT runtimes, and the numpy engines (a prefix takes a package).
 RUNTIME_ROOTS = (

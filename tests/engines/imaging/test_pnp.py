@@ -108,6 +108,8 @@ def test_bad_parameters_are_an_error_naming_the_parameter():
 
 
 def test_shipped_denoiser_in_pnp_beats_tv_admm_by_a_db_on_a_held_out_crop():
+    pytest.importorskip("skimage", reason="the held-out image is scikit-image's: "
+                        "pip install 'mbdl-studio[priors]'")
     from mbdl_app.training.recipes.dncnn import HELD_OUT, noisy, psnr
     from mbdl_app.training.shipped_data import skimage_gray
 
