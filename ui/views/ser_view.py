@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from ui.theme import TRUTH_COLOUR, engine_colour
+from ui.views.stream_view import StreamView
 
 WINDOW_BLOCKS = 10  # the sliding window of the SER curve, in blocks (5,000 symbols of 500)
 SHOWN = 400  # most recent blocks drawn
@@ -22,20 +22,12 @@ def sliding_ser(rates: np.ndarray, window: int = WINDOW_BLOCKS) -> np.ndarray:
     return (c[k] - c[lo]) / (k - lo)
 
 
-class SerView(QWidget):
+class SerView(StreamView):
     """One symbol stream and the detectors on it; `refresh(session)` pulls the newest results."""
 
-    REFRESH_HZ = 5.0
-
     def __init__(self, stream: str, parent=None) -> None:
-        super().__init__(parent)
-        self.stream = stream
-        self.updates = 0
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(2, 2, 2, 2)
-        lay.addWidget(QLabel(f"<b>{stream}</b> — symbol error rate over the last {WINDOW_BLOCKS} blocks"))
-        self.summary = QLabel("")
-        lay.addWidget(self.summary)
+        super().__init__(stream, f"symbol error rate over the last {WINDOW_BLOCKS} blocks", parent)
+        lay = self.body
         w = pg.PlotWidget(title="SER (sliding window)")
         self.ser = w.getPlotItem()
         self.ser.setLogMode(y=True)

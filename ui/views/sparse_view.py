@@ -5,27 +5,19 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from ui.theme import TRUTH_COLOUR, engine_colour
+from ui.views.stream_view import StreamView
 
 SHOWN = 300  # most recent measurements in the NMSE curve
 
 
-class SparseView(QWidget):
+class SparseView(StreamView):
     """One measurement stream and the sparse coders on it; `refresh(session)` pulls the newest."""
 
-    REFRESH_HZ = 5.0
-
     def __init__(self, stream: str, parent=None) -> None:
-        super().__init__(parent)
-        self.stream = stream
-        self.updates = 0
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(2, 2, 2, 2)
-        lay.addWidget(QLabel(f"<b>{stream}</b> — the newest code: truth (white) and each engine's"))
-        self.summary = QLabel("")
-        lay.addWidget(self.summary)
+        super().__init__(stream, "the newest code: truth (white) and each engine's", parent)
+        lay = self.body
         w = pg.PlotWidget(title="code s of the newest measurement")
         self.codes = w.getPlotItem()
         self.codes.setLabel("bottom", "index")
