@@ -591,13 +591,16 @@ def reproduce_fig7(
                                                "`mbdl train ulm-chained`) after the separator.")] = "",
     separator: Annotated[str, typer.Option(help="Run this separator (folder, e.g. from `mbdl train "
                                                  "corona-ulm`) before --chained: a joint pair.")] = "",
+    sliding: Annotated[bool, typer.Option(help="Also chain ulm-lista after the separator on a sliding "
+                                               "window (hop 1, centre frame kept; its S and D - L).")]
+    = False,
 ) -> None:
     """Seed Fig. 7: ULM maps of the conv LISTA, FISTA and coarse peaks vs the true vessels; Jaccard, RMSE;
     and the chain CORONA -> ulm-lista on the data."""
     from mbdl_app.experiments.fig7 import run_fig7
 
     run_fig7(out / "fig7", quick=quick, lista=lista, corona=corona, chained=chained or None,
-             separator=separator or None)
+             separator=separator or None, sliding=sliding)
 
 
 @reproduce_app.command("fig8")

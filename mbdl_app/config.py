@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
 
 from mbdl_app.errors import ConfigError
 
@@ -41,6 +41,10 @@ class EngineConfig(_Strict):
     list; e.g. CORONA's bubbles feed ULM) instead of a source, and records its results on
     that engine's source; it cannot also set `source`. `hop` (imaging engines): new frames
     per call, 1 .. the window; default the window (consecutive blocks, each frame once).
+    `lag` (imaging engines with one output frame per input frame): publish the output frames
+    `lag` frames before the window's newest, 0 .. window - hop; e.g. a sliding CORONA (hop 1)
+    with lag = window // 2 keeps each window's centre frame, which it separates best, at
+    `lag` frames of latency (`mbdl reproduce fig7 --sliding`).
     """
 
     name: str
@@ -49,6 +53,7 @@ class EngineConfig(_Strict):
     id: str | None = None
     backend: str = "auto"
     hop: PositiveInt | None = None
+    lag: NonNegativeInt = 0
     params: dict[str, Any] = Field(default_factory=dict)
 
     @property

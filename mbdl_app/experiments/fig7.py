@@ -113,6 +113,31 @@ def separated(separator: torch.nn.Module, D: torch.Tensor, window: int = 20) -> 
     return out
 
 
+def separated_sliding(separator: torch.nn.Module, D: torch.Tensor, n: int, window: int = 20,
+                      residual: bool = False) -> torch.Tensor:
+    """The bubbles (n, 1, 2, h, w) of the first n frames of D (m >= n frames, 2, h, w) by a
+    sliding window of `window` frames (hop 1) whose centre frame is kept: frame t comes from the
+    window t - (window - 1 - lag) .. t + lag with lag = window // 2 (clamped to the frames there
+    are), as a live session with hop = 1, lag = window // 2 publishes it (lag frames late).
+    `residual`: D - L (the data minus the separator's low-rank tissue estimate: the bubbles at
+    full amplitude, unshrunk) instead of its S."""
+    half, m = window - 1 - window // 2, len(D)
+    if m < window:
+        raise ValueError(f"fig7: a sliding window of {window} frames needs that many, got {m}")
+    out = torch.empty(n, 1, *D.shape[1:])
+    pair = getattr(separator, "pair_output", False)
+    separator.pair_output = residual
+    try:
+        with torch.no_grad():
+            for t in range(n):
+                a = min(max(t - half, 0), m - window)
+                y = separator(D[a:a + window][None])[0]
+                out[t, 0] = D[t] - y[0, t - a] if residual else y[t - a]
+    finally:
+        separator.pair_output = pair
+    return out
+
+
 def load_module(name_or_path: str) -> torch.nn.Module | None:
     """The trained torch module of an artifact, by name or folder; None if there is none."""
     try:
@@ -188,10 +213,13 @@ def _plot(path: Path, panels: dict[str, np.ndarray], extent_mm: float) -> None:
 
 def run_fig7(out: str | Path, quick: bool = False, lista: str = "ulm-lista", log=print,
              corona: str = "corona-ceus", chained: str | None = None,
-             separator: str | None = None) -> dict[str, Any]:
+             separator: str | None = None, sliding: bool = False) -> dict[str, Any]:
     """Run the experiment into folder `out` (created); returns what fig7.json holds. `separator`
     (a clutter-suppression artifact folder, e.g. corona-ulm from `mbdl train corona-ulm`) runs in
-    front of the `chained` localizer instead of `corona` (a jointly trained pair)."""
+    front of the `chained` localizer instead of `corona` (a jointly trained pair). `sliding` adds
+    the chain with `corona` on a sliding window (hop 1) keeping each window's centre frame, its
+    S and its residual D - L into ulm-lista (`separated_sliding`): the frames after the last test
+    and validation frame that the centred windows need are simulated too (the same streams)."""
     if separator and not chained:
         raise ValueError(f"fig7 --separator {separator}: needs --chained, the ULM artifact trained with it")
     out = Path(out)
@@ -235,15 +263,15 @@ def run_fig7(out: str | Path, quick: bool = False, lista: str = "ulm-lista", log
         evaluate(name, method, val.S, test.S)
     localizers = {"ulm-lista": trained, **({Path(chained).name: load_module(chained)} if chained else {})}
     localizers = {k: v for k, v in localizers.items() if v is not None}
-    separator = load_module(corona) if localizers else None
-    if separator is not None and min(len(val.D), len(test.D)) >= CORONA_WINDOW:
+    corona_module = load_module(corona) if localizers else None
+    if corona_module is not None and min(len(val.D), len(test.D)) >= CORONA_WINDOW:
         # the chained live pipeline: CORONA's bubbles (blocks of 20 frames of the data, tissue
         # included) into ulm-lista (trained on clean bubbles) and the `chained` localizer (one
         # fine-tuned on CORONA's output), each threshold chosen on CORONA's validation output
         start = time.process_time()
-        test_S = separated(separator, test.D)
+        test_S = separated(corona_module, test.D)
         seconds = (time.process_time() - start) / len(test.D)
-        val_S = separated(separator, val.D)
+        val_S = separated(corona_module, val.D)
         own = load_module(separator) if separator and chained else None
         if separator and chained and own is None:
             raise ValueError(f"fig7 --separator {separator}: not a clutter-suppression artifact folder")
@@ -259,6 +287,19 @@ def run_fig7(out: str | Path, quick: bool = False, lista: str = "ulm-lista", log
             evaluate(f"{corona} -> {name}", localizer, val_S, test_S,
                      input=f"{corona}'s bubbles from the data",
                      separator_cpu_ms_per_frame=round(1e3 * seconds, 2))
+        if sliding and trained is not None:
+            half = CORONA_WINDOW // 2
+            test_ext = frames(TEST_SEED, size.test_frames + half, size.field).D
+            val_ext = frames(VAL_SEED, size.val_frames + half, size.field).D
+            for residual, what in ((False, "S"), (True, "D - L")):
+                start = time.process_time()
+                test_in = separated_sliding(corona_module, test_ext, len(test.D), residual=residual)
+                slide_s = (time.process_time() - start) / len(test.D)
+                evaluate(f"{corona} (sliding, centre, {what}) -> ulm-lista", trained,
+                         separated_sliding(corona_module, val_ext, len(val.D), residual=residual), test_in,
+                         input=(f"{corona} on a sliding window of {CORONA_WINDOW} frames (hop 1), each "
+                                f"window's centre frame ({half} frames late), its {what}"),
+                         separator_cpu_ms_per_frame=round(1e3 * slide_s, 2))
     with torch.no_grad():
         e = envelope(test.S).sum(0)[None, None]
     diffraction = F.interpolate(e, scale_factor=FACTOR, mode="bilinear", align_corners=False)[0, 0].numpy()

@@ -127,6 +127,7 @@ class Session:
         self.bindings: dict[str, str] = {}  # engine label -> source name (a chained engine: its input's)
         self._frame_shapes: dict[str, tuple] = {}  # engine label -> shape of the frames it reads
         self.hops: dict[str, int] = {}  # imaging engine label -> new frames per call
+        self.lags: dict[str, int] = {}  # imaging engine label -> frames published before the newest
         self.maps: dict[str, MapSink] = {}  # super-resolution engine label -> its live map
         self.recorder: Recorder | None = None
         self._last_recording: Recorder | None = None  # for the final status after stop
@@ -220,6 +221,17 @@ class Session:
                                + (f" ({frames_out} output frames per call)" if frames_out < window else ""))
         return hop
 
+    @staticmethod
+    def _lag(ec: EngineConfig, window: int, frames_out: int, hop: int) -> int:
+        """The config's `lag`, checked: 0 .. window - hop, and only for an engine with an output
+        frame per input frame."""
+        if ec.lag and frames_out != window:
+            raise SessionError(f"engine {ec.label!r}: lag {ec.lag} needs an output frame per input frame "
+                               f"({frames_out} output frames per window of {window})")
+        if ec.lag > window - hop:
+            raise SessionError(f"engine {ec.label!r}: lag {ec.lag} exceeds window - hop = {window - hop}")
+        return ec.lag
+
     def start(self) -> None:
         """Open every source, build and warm every engine, start all threads.
 
@@ -261,6 +273,7 @@ class Session:
                 self._frame_shapes[ec.label] = tuple(shape[1:])
                 if not is_tracker(engine):
                     self.hops[ec.label] = self._hop(ec, info.window, shape[0])
+                    self.lags[ec.label] = self._lag(ec, info.window, shape[0], self.hops[ec.label])
                     # two bursts and some: a view can play a block's frames at the source's rate
                     self.bus.keep(ec.label, max(history, 2 * self.hops[ec.label] + 4))
                     shape = (1, *shape[1:])  # one result per new frame (ImagingWorker)
@@ -273,6 +286,7 @@ class Session:
                     "backend": info.backend, "window": info.window,
                     "params": ec.params, "n_params": info.n_params, "shape": list(shape),
                     **({"hop": self.hops[ec.label]} if ec.label in self.hops else {}),
+                    **({"lag": ec.lag} if ec.lag else {}),
                     **({"input": ec.input} if ec.input else {})}))
                 if info.task == MAP_TASK:
                     self.maps[ec.label] = MapSink(ec.label, source, info.family, tuple(shape[-2:]), self.bus,
@@ -356,14 +370,16 @@ class Session:
                 worker = TrackerWorker(ec.label, source, engine, self.bus, self._stop, record, queue=ring)
             else:
                 hop = self._hop(ec, info.window, shape[0])
+                lag = self._lag(ec, info.window, shape[0], hop)
                 self.bus.keep(ec.label, max(history, 2 * hop + 4))
                 shape = (1, *shape[1:])
                 ring = FrameRing(info.window, item_shape, hop)
-                worker = ImagingWorker(ec.label, source, engine, self.bus, self._stop, record, ring=ring)
+                worker = ImagingWorker(ec.label, source, engine, self.bus, self._stop, record, ring=ring,
+                                       lag=lag)
             self._specs.append(ResultSpec(source, ec.label, shape, cov, info={
                 "name": info.name, "family": info.family, "task": info.task, "backend": info.backend,
                 "window": info.window, "params": ec.params, "n_params": info.n_params, "shape": list(shape),
-                **({} if is_tracker(engine) else {"hop": hop})}))
+                **({} if is_tracker(engine) else {"hop": hop, **({"lag": lag} if lag else {})})}))
             sha = getattr(engine, "artifact_sha256", None)
             if sha:
                 self._artifacts[ec.label] = sha
@@ -372,6 +388,7 @@ class Session:
             self._frame_shapes = {**self._frame_shapes, ec.label: tuple(shape[1:])}
             if not is_tracker(engine):
                 self.hops = {**self.hops, ec.label: hop}
+                self.lags = {**self.lags, ec.label: lag}
             self.engines = {**self.engines, ec.label: engine}
             self.bindings = {**self.bindings, ec.label: source}
             self._rings.append(ring)
@@ -461,7 +478,8 @@ class Session:
             else:
                 q = chained.get(label) or FrameRing(engine.info.window, self.streams[source].info.shape,
                                                     self.hops[label])
-                w = ImagingWorker(label, source, engine, self.bus, self._stop, on_result, ring=q)
+                w = ImagingWorker(label, source, engine, self.bus, self._stop, on_result, ring=q,
+                                  lag=self.lags.get(label, 0))
             if label not in chained:
                 self.streams[source].consumers.append(q.push)
             self._rings.append(q)

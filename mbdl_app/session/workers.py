@@ -159,13 +159,15 @@ class ImagingWorker(EngineWorker):
     up; hop = 1 a sliding window (T - 1 frames recomputed per result). An engine with one
     output frame per window (a stack-level estimate) publishes one result per call, at the
     window's newest frame. When the engine falls behind, the frames it never saw are
-    counted as skipped.
+    counted as skipped. `lag` > 0 (an engine with an output frame per input frame) publishes the
+    output frames `lag` before the newest ones instead, each aligned with its own input frame.
     """
 
-    def __init__(self, *args, ring: FrameRing, **kw) -> None:
+    def __init__(self, *args, ring: FrameRing, lag: int = 0, **kw) -> None:
         super().__init__(*args, **kw)
         self.ring = ring
         self.hop = ring.hop
+        self.lag = lag
         self._window = ring.new_window()  # preallocated, reused every call
 
     def _loop(self) -> None:
@@ -181,9 +183,10 @@ class ImagingWorker(EngineWorker):
             out = self.engine(self._window[None])[0]
             t_end = time.monotonic()
             new = min(self.hop, len(out))
+            lag = self.lag if len(out) == len(frames) else 0
             for j in range(new):
-                frame = frames[len(frames) - new + j]
-                s = out[len(out) - new + j][None]
+                frame = frames[len(frames) - new - lag + j]
+                s = out[len(out) - new - lag + j][None]
                 mse = None
                 if self.truth_key and self.truth_key in frame.truth:
                     mse = squared_error(s[0], frame.truth[self.truth_key])

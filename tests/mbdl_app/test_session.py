@@ -140,6 +140,39 @@ def test_a_windowed_engine_gives_one_result_per_frame_in_blocks_or_sliding(tmp_p
         assert np.allclose(sliding["data"][j, 0], f(frames["data"][i - 7:i + 1][None])[0, -1], atol=1e-5)
 
 
+@pytest.mark.slow
+def test_a_sliding_engine_with_a_lag_publishes_each_windows_centre_frame(tmp_path):
+    """lag = 4 of a window of 8 at hop 1: frame i's result is frame i of the window i - 3 .. i + 4
+    (its centre, where a separator does best: position 3 of 0..7), published 4 frames late."""
+    WHOLE = {"k": 1, "window": 8, "output": "all"}
+    path = tmp_path / "lag.h5"
+    cfg = SessionConfig(sources=[SourceConfig(name="ceus", uri="sim:ceus?seed=2&rate=100&size=32")],
+                        engines=[EngineConfig(name="svd-filter", id="centre", hop=1, lag=4, params=WHOLE)])
+    st = _run(cfg, 1.5, path)
+    with RecordingReader(path) as rec:
+        out = rec.result_arrays("ceus", "centre")
+        assert rec.result_info("ceus", "centre")["lag"] == 4
+        frames = rec.arrays("ceus")
+    idx = out["index"]
+    assert idx[0] == 3 and np.all(np.diff(idx) > 0) and idx[-1] <= st.sources["ceus"]["items"] - 5
+    f = SVDFilter(**WHOLE)
+    for j in (0, len(idx) // 2, len(idx) - 1):
+        i = idx[j]
+        assert np.allclose(out["data"][j, 0], f(frames["data"][i - 3:i + 5][None])[0, 3], atol=1e-5)
+
+
+@pytest.mark.parametrize(("hop", "lag", "params", "message"), [
+    (1, 8, {"k": 1, "window": 8, "output": "all"}, "lag 8 exceeds window - hop = 7"),
+    (4, 5, {"k": 1, "window": 8, "output": "all"}, "lag 5 exceeds window - hop = 4"),
+    (1, 2, {"k": 1, "window": 8, "output": "last"}, "lag 2 needs an output frame per input frame"),
+])
+def test_a_lag_the_window_cannot_give_is_a_session_error(hop, lag, params, message):
+    cfg = SessionConfig(sources=SMALL[:1], engines=[EngineConfig(name="svd-filter", hop=hop, lag=lag,
+                                                                 params=params)])
+    with pytest.raises(SessionError, match=message):
+        Session(cfg).start()
+
+
 def test_a_hop_beyond_the_window_is_a_session_error():
     cfg = SessionConfig(sources=SMALL[:1], engines=[EngineConfig(name="svd-filter", hop=9,
                                                                  params={"k": 1, "window": 8})])

@@ -49,3 +49,26 @@ def test_a_separator_runs_on_consecutive_blocks_as_a_live_session_does():
     S = separated(separator, D, window=20)
     assert S.shape == (45, 1, 2, 3, 4) and torch.equal(S[:, 0], 2.0 * D)
     assert calls == [20, 20, 20]  # blocks 0-19, 20-39, and 25-44 for the last 5 frames
+
+
+def test_a_sliding_separator_keeps_each_windows_centre_frame_its_s_or_its_residual():
+    import torch
+
+    from drivers.sim.ceus import CeusParams, CeusSimulator
+    from mbdl_app.experiments.fig7 import load_module, separated_sliding
+
+    corona = load_module("corona-ceus")  # the shipped CORONA, pair_output gives (L, S)
+    D = torch.from_numpy(CeusSimulator(CeusParams(height=16, width=16, seed=5)).frames(26)["data"])
+    S = separated_sliding(corona, D, n=16)
+    R = separated_sliding(corona, D, n=16, residual=True)
+    assert S.shape == R.shape == (16, 1, 2, 16, 16) and corona.pair_output is False
+    with torch.no_grad():
+        for t, a in ((12, 3), (0, 0), (15, 6)):  # frame t from the window a .. a + 19: t - 9, clamped to 0
+            S_w = corona(D[a:a + 20][None])[0]
+            corona.pair_output = True
+            L_w = corona(D[a:a + 20][None])[0, 0]
+            corona.pair_output = False
+            assert torch.allclose(S[t, 0], S_w[t - a], atol=1e-5)
+            assert torch.allclose(R[t, 0], D[t] - L_w[t - a], atol=1e-5)
+    # the residual keeps the bubbles unshrunk: more energy than CORONA's shrunk S
+    assert float(R.square().sum()) > float(S.square().sum())
