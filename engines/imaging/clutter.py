@@ -118,3 +118,28 @@ def engine_from_artifact(art, *, backend: str = "auto") -> ClutterEngine:
                            window)
     engine.card = art.card
     return engine
+
+
+def separated_sliding(separator: torch.nn.Module, D: torch.Tensor, n: int, window: int = 20,
+                      residual: bool = False) -> torch.Tensor:
+    """The bubbles (n, 1, 2, h, w) of the first n frames of D (m >= n frames, 2, h, w) by a
+    sliding window of `window` frames (hop 1) whose centre frame is kept: frame t comes from the
+    window t - (window - 1 - lag) .. t + lag with lag = window // 2 (clamped to the frames there
+    are), as a live session with hop = 1, lag = window // 2 publishes it (lag frames late).
+    `residual`: D - L (the data minus the separator's low-rank tissue estimate: the bubbles at
+    full amplitude, unshrunk) instead of its S."""
+    half, m = window - 1 - window // 2, len(D)
+    if m < window:
+        raise ValueError(f"a sliding window of {window} frames needs that many, got {m}")
+    out = torch.empty(n, 1, *D.shape[1:])
+    pair = getattr(separator, "pair_output", False)
+    separator.pair_output = residual
+    try:
+        with torch.no_grad():
+            for t in range(n):
+                a = min(max(t - half, 0), m - window)
+                y = separator(D[a:a + window][None])[0]
+                out[t, 0] = D[t] - y[0, t - a] if residual else y[t - a]
+    finally:
+        separator.pair_output = pair
+    return out

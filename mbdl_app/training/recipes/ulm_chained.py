@@ -153,10 +153,30 @@ def _gain(C: np.ndarray, S: np.ndarray) -> np.ndarray:
     return np.abs((np.conj(s) * c).sum((1, 2))) / np.maximum((np.abs(s) ** 2).sum((1, 2)), 1e-12)
 
 
-def _simulate(corona, seed: int | list[int], params: CeusParams, n: int) -> dict[str, Any]:
+MODES = ("blocks", "centre-residual")
+CENTRE_LAG = BLOCK // 2  # frames a centred sliding window needs after the frame it publishes
+
+
+def separate_centre_residual(module: torch.nn.Module, D: np.ndarray, n: int) -> np.ndarray:
+    """D - L (n, 2, h, w) of the first n of frames D (n + CENTRE_LAG frames): CORONA (a torch module
+    with `pair_output`) on a sliding window of BLOCK frames (hop 1), each window's centre frame, as a
+    session with hop = 1, lag = BLOCK // 2 runs it (engines.imaging.clutter.separated_sliding)."""
+    from engines.imaging.clutter import separated_sliding
+
+    return separated_sliding(module, torch.from_numpy(np.ascontiguousarray(D)), n, BLOCK,
+                             residual=True)[:, 0].numpy()
+
+
+def _simulate(corona, seed: int | list[int], params: CeusParams, n: int,
+              mode: str = "blocks") -> dict[str, Any]:
     sim = CeusSimulator(params, seed=seed)
-    f = sim.frames(n)
-    C = separate(corona, f["data"])
+    if mode == "blocks":
+        f = sim.frames(n)
+        C = separate(corona, f["data"])
+    else:  # the frames after the last one that its centred window needs
+        f = {k: v[:n] if k != "data" else v for k, v in sim.frames(n + CENTRE_LAG).items()}
+        C = separate_centre_residual(corona, f["data"], n)
+        f["data"] = f["data"][:n]
     pos = [true_positions(p, (params.height, params.width)) for p in f["positions"]]
     return {"x": C, "positions": pos, "gain": _gain(C, f["data"] - f["tissue"])}
 
@@ -167,10 +187,13 @@ def cache_folder() -> Path:
 
 
 def chained_set(corona, sha: str, seeds: list[int | list[int]], frames: int, field: int, params_seed: int,
-                cache: bool = True) -> ChainedSet:
+                cache: bool = True, mode: str = "blocks") -> ChainedSet:
     """CORONA's bubbles of `frames` frames of each simulation seed (field x field, CeusParams seed
-    `params_seed`), computed once per configuration and cached (.npz)."""
-    key = hashlib.sha256(repr((sha, seeds, frames, field, params_seed, BLOCK)).encode()).hexdigest()[:16]
+    `params_seed`), computed once per configuration and cached (.npz). `mode` "blocks": its S
+    on consecutive blocks (`corona` the engine); "centre-residual": D - L of centred sliding
+    windows (`corona` the torch module)."""
+    key = hashlib.sha256(repr((sha, seeds, frames, field, params_seed, BLOCK)
+                              + (() if mode == "blocks" else (mode,))).encode()).hexdigest()[:16]
     path = cache_folder() / f"{field}px-{len(seeds)}x{frames}-{key}.npz"
     if cache and path.is_file():
         z = np.load(path)
@@ -180,7 +203,7 @@ def chained_set(corona, sha: str, seeds: list[int | list[int]], frames: int, fie
         x, gain = z["x"], z["gain"]
     else:
         params = CeusParams(height=field, width=field, seed=params_seed)
-        parts = [_simulate(corona, s, params, frames) for s in seeds]
+        parts = [_simulate(corona, s, params, frames, mode) for s in seeds]
         x = np.concatenate([p["x"] for p in parts])
         positions = [q for p in parts for q in p["positions"]]
         gain = np.concatenate([p["gain"] for p in parts])
@@ -194,13 +217,14 @@ def chained_set(corona, sha: str, seeds: list[int | list[int]], frames: int, fie
                       torch.from_numpy(_targets(positions, field)), positions, np.asarray(gain))
 
 
-def held_out(corona, sha: str, seed: int, frames: int, field: int, cache: bool = True) -> ChainedSet:
+def held_out(corona, sha: str, seed: int, frames: int, field: int, cache: bool = True,
+             mode: str = "blocks") -> ChainedSet:
     """fig7's frames: ONE simulation of CeusParams(seed=seed) (its own default stream), the first
-    `frames` frames (a multiple of BLOCK), CORONA in consecutive blocks as fig7 runs it."""
+    `frames` frames (a multiple of BLOCK), CORONA as fig7 runs it (blocks, or --sliding's centred
+    windows' D - L)."""
     if frames % BLOCK:
         raise TrainingError(f"ulm-chained: {frames} frames, not a multiple of CORONA's window {BLOCK}")
-    s = chained_set(corona, sha, [seed], frames, field, seed, cache)  # int seed: fig7's simulator stream
-    return s
+    return chained_set(corona, sha, [seed], frames, field, seed, cache, mode)  # int seed: fig7's stream
 
 
 def fig7_protocol(model, threshold_set: ChainedSet, test: ChainedSet) -> dict[str, Any]:
@@ -268,6 +292,7 @@ class UlmChainedRecipe(Recipe):
                    "the live chain sim:ceus -> corona-ceus -> ULM")
     seed = 0
     artifacts: Path | None = None  # where the teacher and the start are (None: exported_models)
+    mode = "blocks"  # CORONA's S on consecutive blocks; "centre-residual": D - L of centred windows
 
     def build(self, quick: bool) -> Plan:
         if self.artifacts is None:
@@ -278,12 +303,18 @@ class UlmChainedRecipe(Recipe):
         torch.set_num_threads(1)
         started = time.time()
         corona, sha = teacher(artifacts)
+        if self.mode != "blocks":  # the torch module: its low-rank part L too
+            from engines.load import load_artifact
+
+            corona = load_artifact(artifacts / TEACHER, backend="torch").module
+        mode = self.mode
         train = chained_set(corona, sha, [[TRAIN_SEED, j] for j in range(size.train_sims)], size.frames,
-                            size.field, TRAIN_SEED, cache=not quick)
+                            size.field, TRAIN_SEED, cache=not quick, mode=mode)
         val = chained_set(corona, sha, [[VAL_SEED, j] for j in range(size.val_sims)], size.frames,
-                          size.field, VAL_SEED, cache=not quick)
-        threshold_set = held_out(corona, sha, THRESHOLD_SEED, size.threshold_frames, size.field, not quick)
-        test = held_out(corona, sha, TEST_SEED, size.test_frames, size.field, not quick)
+                          size.field, VAL_SEED, cache=not quick, mode=mode)
+        threshold_set = held_out(corona, sha, THRESHOLD_SEED, size.threshold_frames, size.field, not quick,
+                                 mode)
+        test = held_out(corona, sha, TEST_SEED, size.test_frames, size.field, not quick, mode)
         data_s = time.time() - started
         gain = float(np.median(train.gain))
         model = build_network(ARCH)
@@ -310,14 +341,21 @@ class UlmChainedRecipe(Recipe):
                       "normalization": (f"envelope / {BUBBLE_AMP * gain:.4g} (in the module): 3, the "
                                         f"simulator's mean bubble modulus, times {gain:.3f}, the median gain "
                                         f"of {TEACHER}'s output on the true bubbles (training frames)"),
-                      "meaning": f"the newest frame of the bubbles {TEACHER} separated, channels [I, Q]"},
+                      "meaning": (f"the newest frame of the bubbles {TEACHER} separated, channels [I, Q]"
+                                  if mode == "blocks" else
+                                  f"D - L of one frame: the data minus {TEACHER}'s tissue estimate L of the "
+                                  f"sliding window of {BLOCK} frames centred on it (session hop 1, lag "
+                                  f"{CENTRE_LAG}), channels [I, Q]")},
             "output": {"shape": ["N", 1, 1, size.field * FACTOR, size.field * FACTOR], "dtype": "float32",
                        "meaning": "localizations on the 8x finer grid (1 per bubble); fine pixel j is at "
                                   "coarse coordinate (j + 0.5) / 8 - 0.5"},
             "training": {
                 "data": (f"sim:ceus defaults at {size.field} x {size.field}, {size.frames} frames of each "
-                         f"simulation through the shipped {TEACHER} ({sha[:12]}, ONNX Runtime) in "
-                         f"consecutive blocks of {BLOCK}: {len(train.positions)} train frames "
+                         f"simulation through the shipped {TEACHER} ({sha[:12]}"
+                         + (f", ONNX Runtime) in consecutive blocks of {BLOCK}" if mode == "blocks" else
+                            f", torch) on a sliding window of {BLOCK} frames, each window's centre frame's "
+                            "D - L")
+                         + f": {len(train.positions)} train frames "
                          f"({size.train_sims} simulations, seeds [{TRAIN_SEED}, j]), {len(val.positions)} "
                          f"validation frames (seeds [{VAL_SEED}, j]); threshold on fig7's "
                          f"{len(threshold_set.positions)} frames of seed {THRESHOLD_SEED}, test on its "
@@ -338,4 +376,16 @@ class UlmChainedRecipe(Recipe):
                     evaluate=evaluate, card=card)
 
 
-RECIPES = (UlmChainedRecipe(),)
+class UlmChainedCentreRecipe(UlmChainedRecipe):
+    """ulm-chained-centre: the same fine-tune on what `mbdl reproduce fig7 --sliding`'s best row
+    feeds ULM: D - L of CORONA on a sliding window (hop 1), each window's centre frame (a session's
+    hop = 1, lag = 10)."""
+
+    name = "ulm-chained-centre"
+    description = ("ULM convolutional LISTA (8 layers, 8x finer grid) fine-tuned on D - L of corona-ceus on "
+                   "a sliding window, centre frame: the live chain sim:ceus -> corona-ceus (hop 1, lag 10) "
+                   "-> ULM")
+    mode = "centre-residual"
+
+
+RECIPES = (UlmChainedRecipe(), UlmChainedCentreRecipe())

@@ -55,7 +55,8 @@ def test_a_sliding_separator_keeps_each_windows_centre_frame_its_s_or_its_residu
     import torch
 
     from drivers.sim.ceus import CeusParams, CeusSimulator
-    from mbdl_app.experiments.fig7 import load_module, separated_sliding
+    from engines.imaging.clutter import separated_sliding
+    from mbdl_app.experiments.fig7 import load_module
 
     corona = load_module("corona-ceus")  # the shipped CORONA, pair_output gives (L, S)
     D = torch.from_numpy(CeusSimulator(CeusParams(height=16, width=16, seed=5)).frames(26)["data"])

@@ -49,3 +49,22 @@ def test_held_out_frames_are_fig7s_test_frames_through_corona():
     assert all(np.array_equal(a, b) for a, b in zip(mine.positions, fig7.positions, strict=True))
     reference = separated(load_module("corona-ceus"), fig7.D)  # fig7 runs CORONA on torch
     np.testing.assert_allclose(mine.x.numpy(), reference.numpy(), atol=1e-4)
+
+
+def test_the_centre_recipe_sees_fig7_slidings_residual_and_says_so(tmp_path):
+    """ulm-chained-centre: D - L of CORONA's centred sliding windows (fig7 --sliding's input), the
+    same held-out frames; a quick real run writes a card naming that input."""
+    from engines.imaging.clutter import separated_sliding
+    from mbdl_app.experiments.fig7 import frames, load_module
+    from mbdl_app.training.recipes.ulm_chained import CENTRE_LAG
+
+    module = load_module("corona-ceus")
+    mine = held_out(module, "sha", seed=21, frames=BLOCK, field=16, cache=False, mode="centre-residual")
+    fig7 = frames(21, BLOCK + CENTRE_LAG, 16)
+    reference = separated_sliding(module, fig7.D, BLOCK, residual=True)
+    np.testing.assert_allclose(mine.x.numpy(), reference.numpy(), atol=1e-5)
+    assert all(np.array_equal(a, b) for a, b in zip(mine.positions, fig7.positions[:BLOCK], strict=True))
+    folder = get_recipe("ulm-chained-centre").run(tmp_path, quick=True, quiet=True)
+    card = json.loads((folder / "card.json").read_text())
+    assert "D - L" in card["input"]["meaning"] and "centre frame" in card["training"]["data"]
+    assert 0.0 <= card["metrics"]["test_jaccard"] <= 1.0
