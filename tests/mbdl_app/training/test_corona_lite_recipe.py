@@ -44,8 +44,8 @@ def test_quick_lite_recipe_writes_an_artifact_that_runs_on_torch_and_onnxruntime
 
 
 def test_shipped_corona_lite_scores_on_fig6s_test_set_what_its_card_says_and_runs_alike_on_ort():
-    """Its fig6 MSE (0.1325 on the card) misses issue 15's 0.12: the bench reports it as such; here
-    the card's figure is checked, and that fine-tuning improved on the picked layers."""
+    """Its fig6 MSE (0.1176 on the card) meets issue 15's 0.12: the card's figure is recomputed here,
+    and that fine-tuning improved on the picked layers."""
     import exported_models
     from mbdl_app.training.recipes.corona_fast import fig6_mse, fig6_set
 
@@ -54,7 +54,7 @@ def test_shipped_corona_lite_scores_on_fig6s_test_set_what_its_card_says_and_run
     mse = fig6_mse(engine.module, fig6_set(quick=False))
     m = engine.card["metrics"]
     assert mse == pytest.approx(m["fig6_mse_S"], rel=1e-3)
-    assert mse < m["fig6_mse_S_before_finetuning"]
+    assert mse < m["fig6_mse_S_before_finetuning"] and mse <= 0.12
     x = (0.3 * np.random.default_rng(1).standard_normal((1, 20, 2, 128, 128))).astype(np.float32)
     np.testing.assert_allclose(load_artifact(exported_models.ROOT / "corona-lite", "onnxruntime")(x),
                                engine(x), atol=1e-4, rtol=1e-3)
