@@ -271,11 +271,12 @@ def run_fig7(out: str | Path, quick: bool = False, lista: str = "ulm-lista", log
                 start = time.process_time()
                 test_in = separated_sliding(corona_module, test_ext, len(test.D), residual=residual)
                 slide_s = (time.process_time() - start) / len(test.D)
-                evaluate(f"{corona} (sliding, centre, {what}) -> ulm-lista", trained,
-                         separated_sliding(corona_module, val_ext, len(val.D), residual=residual), test_in,
-                         input=(f"{corona} on a sliding window of {CORONA_WINDOW} frames (hop 1), each "
-                                f"window's centre frame ({half} frames late), its {what}"),
-                         separator_cpu_ms_per_frame=round(1e3 * slide_s, 2))
+                val_in = separated_sliding(corona_module, val_ext, len(val.D), residual=residual)
+                for name, localizer in localizers.items():  # ulm-lista, and --chained if given
+                    evaluate(f"{corona} (sliding, centre, {what}) -> {name}", localizer, val_in, test_in,
+                             input=(f"{corona} on a sliding window of {CORONA_WINDOW} frames (hop 1), each "
+                                    f"window's centre frame ({half} frames late), its {what}"),
+                             separator_cpu_ms_per_frame=round(1e3 * slide_s, 2))
     with torch.no_grad():
         e = envelope(test.S).sum(0)[None, None]
     diffraction = F.interpolate(e, scale_factor=FACTOR, mode="bilinear", align_corners=False)[0, 0].numpy()
