@@ -144,7 +144,8 @@ _TASK_BUILDERS = {"sparse-coding": "engines.sparse_models:engine_from_artifact",
                   "generation": "engines.imaging.csgm:engine_from_artifact"}
 # tasks whose engine is more than its exported graph: the runtime's engine of the graph is wrapped
 # (a detector runs the trellis recursion around its likelihood network, on whichever runtime)
-_TASK_WRAPPERS = {"symbol-detection": "engines.comms.detectors:detector_from_runtime"}  # torch-free
+_TASK_WRAPPERS = {"symbol-detection": "engines.comms.detectors:detector_from_runtime",  # torch-free
+                  "clutter-suppression": "engines.imaging.motion:from_artifact"}  # card motion_compensation
 # architectures whose task's builder is not theirs (Deep-STORM is a super-resolution model, not ULM's)
 _ARCHITECTURE_BUILDERS = {"deep-storm": "engines.imaging.deep_storm:engine_from_artifact",
                           "lsparcom": "engines.imaging.lsparcom:engine_from_artifact"}

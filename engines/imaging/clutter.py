@@ -143,3 +143,17 @@ def separated_sliding(separator: torch.nn.Module, D: torch.Tensor, n: int, windo
     finally:
         separator.pair_output = pair
     return out
+
+
+def centre_frames(engine, D: np.ndarray, n: int, lag: int) -> np.ndarray:
+    """The engine's output (n, 2, h, w) for the first n frames of D (m >= n frames): frame t from
+    the window t - (T - 1 - lag) .. t + lag (clamped to the frames there are), as a session with
+    hop 1 and this lag publishes it."""
+    T, m = engine.info.window, len(D)
+    if m < T:
+        raise ValueError(f"{engine.info.name}: a window of {T} frames needs that many, got {m}")
+    out = np.empty((n, *D.shape[1:]), np.float32)
+    for t in range(n):
+        a = min(max(t - (T - 1 - lag), 0), m - T)
+        out[t] = engine(np.ascontiguousarray(D[a:a + T][None]))[0, t - a]
+    return out

@@ -125,12 +125,18 @@ class CORONA(RpcaFamily):
     """CORONA with `n_layers` layers (default 10); kernel 5 x 5 in the first `large_layers`, 3 x 3 after.
 
     Parameters per layer k: `kernels[k]` (6, 2, s, s), the complex kernels of P1..P6, and
-    `a[k]`, `b[k]`, the threshold logits. forward(D (N, T, 2, H, W)) -> S (the bubbles);
+    `a[k]`, `b[k]`, the threshold logits. forward(D (N, T, 2, H, W)) -> S (the bubbles), or with
+    output="residual" D - L (the data minus the tissue estimate: the bubbles unshrunk, what a
+    localizer is fed in the chain of `engines.imaging.motion`);
     `iterates(D)` gives every layer's (L, S) (seed Fig. 6's MSE per layer).
     """
 
-    def __init__(self, n_layers: int = 10, large_layers: int = 3, large: int = 5, small: int = 3) -> None:
+    def __init__(self, n_layers: int = 10, large_layers: int = 3, large: int = 5, small: int = 3,
+                 output: str = "S") -> None:
         super().__init__(n_layers)
+        if output not in ("S", "residual"):
+            raise ValueError(f"output must be 'S' (the bubbles) or 'residual' (D - L), got {output!r}")
+        self.output = output
         mu = 1.0 / LIPSCHITZ
         init = (mu, mu, -mu, 1 - mu, 1 - mu, -mu)  # P1..P6 of RPCA-ISTA with H1 = H2 = I
         self.kernel_sizes = [large if k < large_layers else small for k in range(n_layers)]

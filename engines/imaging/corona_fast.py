@@ -120,8 +120,8 @@ class CoronaFast(CORONA):
 
     def __init__(self, n_layers: int = 10, large_layers: int = 0, large: int = 5, small: int = 3,
                  sign_iterations: int = SIGN_ITERATIONS, inv_sqrt_iterations: int = INV_SQRT_ITERATIONS,
-                 power_squarings: int = POWER_SQUARINGS) -> None:
-        super().__init__(n_layers, large_layers, large, small)
+                 power_squarings: int = POWER_SQUARINGS, output: str = "S") -> None:
+        super().__init__(n_layers, large_layers, large, small, output)
         if min(sign_iterations, inv_sqrt_iterations, power_squarings) < 1:
             raise ValueError(f"SVT iteration counts must be >= 1, got {sign_iterations}, "
                              f"{inv_sqrt_iterations}, {power_squarings}")
@@ -196,4 +196,4 @@ class CoronaFast(CORONA):
             L, S = self._planar_layers(D, self.n_layers)[-1]
         else:
             L, S = (self._planar(x) for x in self._layers(D, None, keep=False)[-1])
-        return torch.stack([L, S], dim=1) if self.pair_output else S
+        return torch.stack([L, S], dim=1) if self.pair_output else self.shown(D, L, S)

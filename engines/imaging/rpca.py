@@ -146,7 +146,11 @@ class RpcaFamily(nn.Module):
 
     def forward(self, D: Tensor) -> Tensor:
         L, S = self.iterates(D)[-1]
-        return torch.stack([L, S], dim=1) if self.pair_output else S
+        return torch.stack([L, S], dim=1) if self.pair_output else self.shown(D, L, S)
+
+    def shown(self, D: Tensor, L: Tensor, S: Tensor) -> Tensor:
+        """What forward returns without `pair_output`: S, or D - L where `output` is "residual"."""
+        return D - L if getattr(self, "output", "S") == "residual" else S
 
 
 def _scale(c: float) -> LinearMap:
