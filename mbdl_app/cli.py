@@ -51,20 +51,21 @@ app.add_typer(reproduce_app, name="reproduce")
 
 EXPECTED = (AppError, DriverError, EngineError)
 _ENGINE_SPEC = re.compile(
-    r"^(?P<name>[\w.-]+)(?::(?P<backend>\w+))?(?:@(?P<source>[\w.-]+))?(?:/(?P<hop>\d+))?$")
+    r"^(?P<name>[\w.-]+)(?::(?P<backend>\w+))?(?:@(?P<source>[\w.-]+))?(?:/(?P<hop>\d+)(?:/(?P<lag>\d+))?)?$")
 
 
 def parse_engine_spec(spec: str) -> EngineConfig:
-    """`NAME[:BACKEND][@SOURCE][/HOP]`, e.g. `ekf`, `svd-filter@ceus`, `corona-ceus:onnxruntime`,
-    `corona-ceus/1` (a sliding window: one call per new frame; default: the window, blocks).
+    """`NAME[:BACKEND][@SOURCE][/HOP[/LAG]]`, e.g. `ekf`, `svd-filter@ceus`, `corona-ceus:onnxruntime`,
+    `corona-ceus/1` (a sliding window: one call per new frame; default: the window, blocks),
+    `corona-lite/1/10` (sliding, each window's centre frame published: 10 frames late).
 
     `@` may also name an engine given before (`ulm-lista@corona-ceus`): `build_config` turns
     that into a chain (the engine reads the other's output frames)."""
     m = _ENGINE_SPEC.match(spec)
     if not m or m["hop"] == "0" or (m["hop"] or "").startswith("0"):
-        raise ConfigError(f"--engine {spec!r}: expected NAME[:BACKEND][@SOURCE][/HOP] (HOP >= 1)")
+        raise ConfigError(f"--engine {spec!r}: expected NAME[:BACKEND][@SOURCE][/HOP[/LAG]] (HOP >= 1)")
     return EngineConfig(name=m["name"], backend=m["backend"] or "auto", source=m["source"],
-                        hop=int(m["hop"]) if m["hop"] else None)
+                        hop=int(m["hop"]) if m["hop"] else None, lag=int(m["lag"] or 0))
 
 
 def source_name(uri: str, taken: set[str]) -> str:
@@ -148,7 +149,7 @@ def run(
     source: Annotated[list[str] | None, typer.Option("--source", "-s",
                       help="Source URI (or NAME=URI); repeatable. Replaces the config's.")] = None,
     engine: Annotated[list[str] | None, typer.Option("--engine", "-e",
-                      help="NAME[:BACKEND][@SOURCE][/HOP]; repeatable. Replaces the config's.")] = None,
+                      help="NAME[:BACKEND][@SOURCE][/HOP[/LAG]]; repeatable. Replaces the config's.")] = None,
     duration: Annotated[float | None, typer.Option("--duration", "-d",
                         help="Seconds to run (default: until the sources end or Ctrl-C).")] = None,
     record: Annotated[Path | None, typer.Option("--record", "-r", help="Record to this .h5 file.")] = None,
@@ -594,13 +595,15 @@ def reproduce_fig7(
     sliding: Annotated[bool, typer.Option(help="Also chain ulm-lista after the separator on a sliding "
                                                "window (hop 1, centre frame kept; its S and D - L).")]
     = False,
+    mc: Annotated[str, typer.Option(help="Motion-compensated separator chained into ulm-lista (name or "
+                                         "folder; '' skips the row).")] = "corona-mc",
 ) -> None:
     """Seed Fig. 7: ULM maps of the conv LISTA, FISTA and coarse peaks vs the true vessels; Jaccard, RMSE;
     and the chain CORONA -> ulm-lista on the data."""
     from mbdl_app.experiments.fig7 import run_fig7
 
     run_fig7(out / "fig7", quick=quick, lista=lista, corona=corona, chained=chained or None,
-             separator=separator or None, sliding=sliding)
+             separator=separator or None, sliding=sliding, mc=mc or None)
 
 
 @reproduce_app.command("fig8")

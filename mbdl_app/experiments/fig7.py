@@ -49,7 +49,7 @@ from scipy import ndimage
 import engines
 from drivers.sim.ceus import CeusParams, CeusSimulator
 from engines.errors import EngineError
-from engines.imaging.clutter import separated_sliding
+from engines.imaging.clutter import centre_frames, separated_sliding
 from engines.imaging.ulm import (
     FACTOR,
     Localizer,
@@ -112,6 +112,14 @@ def separated(separator: torch.nn.Module, D: torch.Tensor, window: int = 20) -> 
         for a in starts:
             out[a:a + window, 0] = separator(D[a:a + window][None])[0]
     return out
+
+
+def _load_engine(name_or_path: str):
+    """The engine of an artifact (name or folder) on the auto backend; None if there is none."""
+    try:
+        return load_artifact(name_or_path) if Path(name_or_path).is_dir() else engines.load(name_or_path)
+    except EngineError:
+        return None
 
 
 def load_module(name_or_path: str) -> torch.nn.Module | None:
@@ -189,7 +197,8 @@ def _plot(path: Path, panels: dict[str, np.ndarray], extent_mm: float) -> None:
 
 def run_fig7(out: str | Path, quick: bool = False, lista: str = "ulm-lista", log=print,
              corona: str = "corona-ceus", chained: str | None = None,
-             separator: str | None = None, sliding: bool = False) -> dict[str, Any]:
+             separator: str | None = None, sliding: bool = False,
+             mc: str | None = "corona-mc") -> dict[str, Any]:
     """Run the experiment into folder `out` (created); returns what fig7.json holds. `separator`
     (a clutter-suppression artifact folder, e.g. corona-ulm from `mbdl train corona-ulm`) runs in
     front of the `chained` localizer instead of `corona` (a jointly trained pair). `sliding` adds
@@ -277,6 +286,22 @@ def run_fig7(out: str | Path, quick: bool = False, lista: str = "ulm-lista", log
                              input=(f"{corona} on a sliding window of {CORONA_WINDOW} frames (hop 1), each "
                                     f"window's centre frame ({half} frames late), its {what}"),
                              separator_cpu_ms_per_frame=round(1e3 * slide_s, 2))
+    mc_engine = _load_engine(mc) if mc and trained is not None else None
+    if mc_engine is not None:
+        # the motion-compensated chain (issue 15): corona-mc, each frame the centre of its window
+        lag = mc_engine.info.window // 2
+        inputs = {}
+        start = time.process_time()
+        for key, seed, n in (("test", TEST_SEED, size.test_frames), ("val", VAL_SEED, size.val_frames)):
+            D = frames(seed, max(n + lag, mc_engine.info.window), size.field).D.numpy()
+            inputs[key] = torch.from_numpy(centre_frames(mc_engine, D, n, lag))[:, None]
+            if key == "test":
+                mc_s = (time.process_time() - start) / n
+        evaluate(f"{Path(mc).name} (motion-compensated, centre, D - L) -> ulm-lista", trained, inputs["val"],
+                 inputs["test"], input=(f"{Path(mc).name}: every frame of a {mc_engine.info.window}-frame "
+                                        f"window registered to its centre, CORONA's D - L, hop 1, lag {lag}"),
+                 separator_cpu_ms_per_frame=round(1e3 * mc_s, 2),
+                 separator_backend=mc_engine.info.backend)
     with torch.no_grad():
         e = envelope(test.S).sum(0)[None, None]
     diffraction = F.interpolate(e, scale_factor=FACTOR, mode="bilinear", align_corners=False)[0, 0].numpy()
