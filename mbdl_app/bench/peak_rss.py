@@ -24,7 +24,19 @@ INPUT_STD = 0.3
 
 
 def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """This process's peak RSS in MiB: VmHWM of /proc/self/status on Linux (the high-water mark of
+    this program's own memory, which execve starts afresh), ru_maxrss elsewhere. Not ru_maxrss
+    on Linux: the kernel carries the PARENT's peak at fork into the child's ru_maxrss across the
+    exec, so every child of a bench that had grown to 1.4 GB reported 1.4 GB (measured: all
+    artifacts after the ultrasound ones "over target" in one `mbdl bench engines` run)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / (1024 ** 2 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB elsewhere
 
 
 def measure_here(folder: Path, backend: str, batch: int) -> dict[str, Any]:

@@ -94,3 +94,16 @@ def test_export_cli_writes_model_onnx_of_an_artifact_folder(tmp_path):
 def test_export_of_an_unknown_name_says_it_is_neither_artifact_nor_recording():
     done = CliRunner().invoke(app, ["export", "no-such-model"])
     assert done.exit_code != 0 and "neither an artifact" in str(done.exception)
+
+
+def test_the_peak_of_a_fresh_process_is_its_own_not_its_grown_parents():
+    """ru_maxrss on Linux carries the parent's peak at fork into the child (a bench that had grown to
+    1.4 GB reported every later artifact at 1.4 GB): the measurement reads the child's own VmHWM."""
+    import numpy as np
+
+    from exported_models import ROOT
+    from mbdl_app.bench.peak_rss import measure_peak
+
+    held = np.ones(800 * 2**20 // 8)  # 800 MiB resident in this (the parent) process
+    peak = measure_peak(ROOT / "kalmannet-cv", "onnxruntime", 8)
+    assert held[-1] == 1.0 and 50 < peak["peak_rss_mib"] < 700, peak
