@@ -334,8 +334,8 @@ def run_fig7(out: str | Path, quick: bool = False, lista: str = "ulm-lista", log
     (out / "fig7.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     panels = {"true vessels": vessels, "diffraction-limited accumulation": diffraction}
     jaccard = {r["method"]: r["jaccard"] for r in rows if "jaccard" in r}
-    shown = {k: v for k, v in maps.items() if k != "coarse" and "(sliding" not in k}  # the figure stays readable
-    panels.update({f"{k.replace(' (motion-compensated, centre, D - L)', '')} map (Jaccard {jaccard[k]:.2f})": v
-                   for k, v in shown.items()})
+    shown = {k: v for k, v in maps.items() if k != "coarse" and "(sliding" not in k}  # readable: <= 7 panels
+    short = {k: k.replace(" (motion-compensated, centre, D - L)", "") for k in shown}
+    panels.update({f"{short[k]} map (Jaccard {jaccard[k]:.2f})": v for k, v in shown.items()})
     _plot(out / "fig7.png", panels, size.field * 0.12)
     return result
