@@ -66,3 +66,39 @@ def test_cli_engine_at_an_engine_label_chains_it():
     ulm = cfg.engines[1]
     assert (ulm.input, ulm.source) == ("svd-filter", None)
     assert cfg.engines[0].input is None
+
+
+def test_an_engine_spec_names_hop_and_lag_and_rejects_a_zero_hop():
+    from mbdl_app.cli import parse_engine_spec
+    from mbdl_app.errors import ConfigError
+
+    e = parse_engine_spec("corona-lite:onnxruntime@ceus/1/10")
+    assert (e.name, e.backend, e.source, e.hop, e.lag) == ("corona-lite", "onnxruntime", "ceus", 1, 10)
+    assert (parse_engine_spec("corona-ceus/20").hop, parse_engine_spec("corona-ceus/20").lag) == (20, 0)
+    for bad in ("corona-ceus/0", "corona-ceus//3", "corona-ceus/1/x"):
+        with pytest.raises(ConfigError, match="HOP"):
+            parse_engine_spec(bad)
+
+
+@pytest.mark.slow
+def test_the_ulm_session_runs_the_motion_compensated_chain_beside_the_block_one(tmp_path):
+    """`--config ulm` (issue 15): corona-ceus blocks -> ulm-blocks beside corona-mc (hop 5, lag 27)
+    -> ulm-mc; here at 100 frames/s so that the 60-frame windows fill in a second."""
+    from mbdl_app.config import load_config
+
+    cfg = load_config("ulm")
+    mc = next(e for e in cfg.engines if e.name == "corona-mc")
+    assert (mc.hop, mc.lag) == (5, 27) and {e.label for e in cfg.engines} >= {"ulm-blocks", "ulm-mc"}
+    fast = cfg.model_copy(update={"sources": [cfg.sources[0].model_copy(
+        update={"uri": cfg.sources[0].uri.replace("rate=20", "rate=100")})]})
+    path = tmp_path / "ulm.h5"
+    s = Session(fast, record=path)
+    s.start()
+    s.run(3.0)
+    s.stop()
+    st = s.status()
+    assert st.engines["ulm-mc"]["results"] > 10 and st.engines["ulm-blocks"]["results"] > 10
+    with RecordingReader(path) as rec:
+        idx = rec.result_arrays("ceus", "corona-mc")["index"]
+        assert rec.result_info("ceus", "corona-mc")["lag"] == 27
+    assert idx[0] == 28 and np.all(np.diff(idx) > 0)  # the first window ends at frame 59: frames 28-32
