@@ -7,7 +7,8 @@ lista-cpss-cs (~17 MB), alista-cs, learned-admm-cs, unfolded-admm-cs (~3 MB each
 kalmannet-lorenz, kalmannet-lorenz-rot, mbrnn-lorenz, kalmannet-lorenz-ft (fine-tuned on varied
 starts, issue 17), kalmannet-lorenz-drop (fine-tuned with missing observations) (~0.2 MB each);
 ultrasound — corona-ceus, corona-fast (its student for the live sliding window), corona-lite
-(corona-fast's 5-layer student, issue 15 part 2), resnet-ceus, ulm-lista (< 1 MB each);
+(corona-fast's 5-layer student, issue 15 part 2), corona-mc (corona-ceus on motion-compensated
+60-frame windows, output D - L: the separator in front of ULM), resnet-ceus, ulm-lista (< 1 MB each);
 microscopy — lsparcom (0.4 MB), deep-storm (2.8 MB);
 communications — bcjrnet-isi, viterbinet-isi, sbrnn-isi; control — kalmannet-cv (36 KB: KalmanNet
 with the known input, for the CV plant of `mbdl reproduce control`); priors (seed Ex. 20, 21) — dncnn

@@ -26,6 +26,13 @@ NaN gradient at CORONA's exact zeros (its shrinkage), so every CORONA gradient o
 is non-finite until the envelope gets an epsilon; with sqrt(. + 1e-8), a 300-step pilot (CORONA
 lr 1e-4, ULM 5e-4, 4 frames of a window per step, 10 min at load ~9) stayed at 0.24-0.27.
 
+`ulm-chained-centre` (mode "centre-residual"): the same fine-tune on what a sliding window
+gives at its best, D - L of each window's centre frame (session hop 1, lag 10): 0.37 -> 0.40 (1,000
+steps, 136 s at load ~3); not shipped either. What did reach the target is in front of CORONA,
+not after it: motion compensation (`corona-mc`, recipes/corona_mc.py: 0.59 / 33.3 um with the
+shipped ulm-lista); `mbdl_app/experiments/chain_bounds.py` shows why no low-rank separator of a
+moving window can (even knowing the true tissue subspace: 0.34-0.36).
+
 Teacher: the shipped `corona-ceus` (ONNX Runtime; torch where ONNX Runtime is missing), run
 as a live session does: consecutive blocks of 20 frames of sim:ceus data (tissue included).
 Data: 32 x 32 fields (CORONA's training windows and fig7's field), `FULL.frames` frames
