@@ -435,12 +435,12 @@ def bench_ceus(
     out: Annotated[Path, typer.Option(help="Folder for ceus_live.json.")] = Path("bench_out"),
     duration: Annotated[float, typer.Option(help="Seconds of the block run (the sliding run: half).")] = 60.0,
     size: Annotated[int, typer.Option(help="Frame height and width.")] = 128,
-    sliding: Annotated[bool, typer.Option(help="Issue 15: corona-ceus and corona-fast alone at hop 1, fig6 "
-                                          "MSE, CPU limit (ceus_sliding.json; --duration per run).")] = False,
+    sliding: Annotated[bool, typer.Option(help="Issue 15: each of --engines alone at hop 1, fig6 MSE, CPU "
+                                          "limit (ceus_sliding.json; --duration per run).")] = False,
     rounds: Annotated[int, typer.Option(help="--sliding: rounds per engine and thread count.")] = 2,
     rate: Annotated[float, typer.Option(help="--sliding: source frames/s (the clinician path: 20).")] = 100.0,
     engines: Annotated[str, typer.Option(help="--sliding: engines, comma-separated; the last is the "
-                                         "target's.")] = "corona-ceus,corona-fast",
+                                         "target's.")] = "corona-ceus,corona-fast,corona-lite",
     threads: Annotated[str, typer.Option(help="--sliding: intra-op thread counts, comma-separated.")] = "1,2",
 ) -> None:
     """Live CORONA beside RPCA-FISTA on sim:ceus: results/s, windows/s, p50/p99 (issue 4's target)."""
