@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import scipy.fft
 
 from engines.base import check_finite
 from engines.errors import ArtifactError, EngineInputError
@@ -68,21 +69,28 @@ def estimate_shift(reference_fft: np.ndarray, moving_fft: np.ndarray, upsample: 
 
 def shift_frames(spectra: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     """Frames (n, h, w) complex whose 2-D FFTs are `spectra`, shifted by `shifts` (n, 2) pixels
-    (row, col; positive = down / right) with a Fourier phase ramp."""
+    (row, col; positive = down / right) with a Fourier phase ramp; in the spectra's precision."""
     n, h, w = spectra.shape
-    ramp_r = np.exp(-2j * np.pi * shifts[:, :1] * _frequencies(h)[None, :])  # (n, h)
-    ramp_c = np.exp(-2j * np.pi * shifts[:, 1:] * _frequencies(w)[None, :])  # (n, w)
-    return np.fft.ifft2(spectra * ramp_r[:, :, None] * ramp_c[:, None, :])
+    ramp_r = np.exp(-2j * np.pi * shifts[:, :1] * _frequencies(h)[None, :]).astype(spectra.dtype)
+    ramp_c = np.exp(-2j * np.pi * shifts[:, 1:] * _frequencies(w)[None, :]).astype(spectra.dtype)
+    return scipy.fft.ifft2(spectra * ramp_r[:, :, None] * ramp_c[:, None, :], workers=1)
+
+
+def _spectra(frames: np.ndarray) -> np.ndarray:
+    """2-D FFTs (n, H, W) complex64 of I/Q frames (n, 2, H, W): single precision keeps a 60-frame
+    128 x 128 window's working memory at ~8 MB per array."""
+    z = np.empty((len(frames), *frames.shape[2:]), np.complex64)
+    z.real, z.imag = frames[:, 0], frames[:, 1]
+    return scipy.fft.fft2(z, workers=1, overwrite_x=True)
 
 
 def align_window(window: np.ndarray, reference: int,
                  upsample: int = UPSAMPLE) -> tuple[np.ndarray, np.ndarray]:
     """(aligned window (T, 2, H, W) float32, shifts (T, 2)): every I/Q frame of `window` shifted
     onto frame `reference` (whose shift is 0)."""
-    z = window[:, 0].astype(np.float64) + 1j * window[:, 1]
-    spectra = np.fft.fft2(z)
-    shifts = np.zeros((len(z), 2))
-    for j in range(len(z)):
+    spectra = _spectra(window)
+    shifts = np.zeros((len(spectra), 2))
+    for j in range(len(spectra)):
         if j != reference:
             shifts[j] = estimate_shift(spectra[reference], spectra[j], upsample)
     aligned = shift_frames(spectra, shifts)
@@ -91,8 +99,7 @@ def align_window(window: np.ndarray, reference: int,
 
 def unshift(frames: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     """I/Q frames (n, 2, H, W) moved back by -shifts (the inverse of `align_window`'s)."""
-    z = frames[:, 0].astype(np.float64) + 1j * frames[:, 1]
-    back = shift_frames(np.fft.fft2(z), -shifts)
+    back = shift_frames(_spectra(frames), -shifts)
     return np.stack([back.real, back.imag], axis=1).astype(np.float32)
 
 
@@ -125,11 +132,15 @@ class MotionCompensated:
             raise EngineInputError(f"{self.info.name}: expected (N, {self.info.window}, 2, H, W) I/Q "
                                    f"windows, got {x.shape}")
         check_finite(self.info.name, x)
-        aligned, shifts = zip(*(align_window(w, self.reference, self.upsample) for w in x), strict=True)
-        out = self.engine(np.stack(aligned))
-        if out.shape[1] == 1:  # a last-frame engine: its frame is the window's newest
-            return np.stack([unshift(o, s[-1:]) for o, s in zip(out, shifts, strict=True)])
-        return np.stack([unshift(o, s) for o, s in zip(out, shifts, strict=True)])
+        out: np.ndarray | None = None
+        for i, window in enumerate(x):  # one window at a time: bounded memory at any batch
+            aligned, shifts = align_window(window, self.reference, self.upsample)
+            y = self.engine(aligned[None])[0]
+            y = unshift(y, shifts[-1:] if len(y) == 1 else shifts)  # a last-frame engine: the newest's
+            if out is None:
+                out = np.empty((len(x), *y.shape), np.float32)
+            out[i] = y
+        return out
 
 
 def from_artifact(art, engine):
