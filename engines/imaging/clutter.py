@@ -145,15 +145,22 @@ def separated_sliding(separator: torch.nn.Module, D: torch.Tensor, n: int, windo
     return out
 
 
-def centre_frames(engine, D: np.ndarray, n: int, lag: int) -> np.ndarray:
-    """The engine's output (n, 2, h, w) for the first n frames of D (m >= n frames): frame t from
-    the window t - (T - 1 - lag) .. t + lag (clamped to the frames there are), as a session with
-    hop 1 and this lag publishes it."""
+def centre_frames(engine, D: np.ndarray, n: int, lag: int, hop: int = 1) -> np.ndarray:
+    """The engine's output (n, 2, h, w) for the first n frames of D (m >= n frames) as a session
+    with this hop and lag publishes it: windows of T frames end at frames T - 1, T - 1 + hop, ...;
+    each publishes its frames T - hop - lag .. T - 1 - lag (hop 1: frame t from the window
+    t - (T - 1 - lag) .. t + lag). Frames before the first published one take the first window."""
     T, m = engine.info.window, len(D)
     if m < T:
         raise ValueError(f"{engine.info.name}: a window of {T} frames needs that many, got {m}")
+    if not (1 <= hop <= T and 0 <= lag <= T - hop):
+        raise ValueError(f"{engine.info.name}: hop {hop} and lag {lag} do not fit a window of {T}")
     out = np.empty((n, *D.shape[1:]), np.float32)
+    outputs: dict[int, np.ndarray] = {}
     for t in range(n):
-        a = min(max(t - (T - 1 - lag), 0), m - T)
-        out[t] = engine(np.ascontiguousarray(D[a:a + T][None]))[0, t - a]
+        k = max(0, -(-(t + lag - (T - 1)) // hop))  # the first window that publishes frame t
+        a = min(hop * k, m - T)
+        if a not in outputs:
+            outputs = {a: engine(np.ascontiguousarray(D[a:a + T][None]))[0]}  # windows in order: keep one
+        out[t] = outputs[a][t - a]
     return out

@@ -84,3 +84,19 @@ def test_corona_residual_output_is_the_data_minus_its_tissue_estimate():
     torch.testing.assert_close(net(x)[0], x[0] - L)
     with pytest.raises(ValueError, match="output must be"):
         CORONA(output="bubbles")
+
+
+@pytest.mark.parametrize(("hop", "lag"), [(1, 4), (3, 2), (8, 0)])
+def test_centre_frames_publishes_each_frame_from_the_window_a_session_would(hop, lag):
+    from engines.imaging.clutter import centre_frames
+
+    f = SVDFilter(k=1, window=8, output="all")
+    D = CeusSimulator(CeusParams(height=12, width=12, seed=4)).frames(30)["data"]
+    out = centre_frames(f, D, 20, lag, hop)
+    for t in range(20):
+        # a session's windows end at 7, 7 + hop, ...; the one ending at e publishes e - lag - hop + 1 .. e - lag
+        ends = [e for e in range(7, 30, hop) if e - lag - hop + 1 <= t <= e - lag] or [7]
+        a = ends[0] - 7
+        np.testing.assert_allclose(out[t], f(D[a:a + 8][None])[0, t - a], atol=1e-5)
+    with pytest.raises(ValueError, match="do not fit"):
+        centre_frames(f, D, 20, lag=6, hop=3)
