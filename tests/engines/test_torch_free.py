@@ -33,8 +33,8 @@ from engines.tracking.tracker_parts import twin_from_card
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = {d.name: d for d in exported_models.artifact_dirs()}
 TRACKERS = ("kalmannet-lorenz", "mbrnn-lorenz")
-# the shipped artifacts checked without torch: (name, inputs of one call / observations of a track)
-STATELESS = ("corona-ceus", "ulm-lista", "lista-cs", "unfolded-admm-cs")
+# the shipped artifacts checked without torch (corona-mc: with its numpy motion compensation)
+STATELESS = ("corona-ceus", "corona-mc", "ulm-lista", "lista-cs", "unfolded-admm-cs")
 # Python with torch blocked, as an install without the torch extra sees it: `import torch` raises
 # ModuleNotFoundError and importlib.util.find_spec("torch") is None
 NO_TORCH = textwrap.dedent("""
