@@ -94,7 +94,7 @@ def test_centre_frames_publishes_each_frame_from_the_window_a_session_would(hop,
     D = CeusSimulator(CeusParams(height=12, width=12, seed=4)).frames(30)["data"]
     out = centre_frames(f, D, 20, lag, hop)
     for t in range(20):
-        # a session's windows end at 7, 7 + hop, ...; the one ending at e publishes e - lag - hop + 1 .. e - lag
+        # windows end at 7, 7 + hop, ...; the one ending at e publishes e - lag - hop + 1 .. e - lag
         ends = [e for e in range(7, 30, hop) if e - lag - hop + 1 <= t <= e - lag] or [7]
         a = ends[0] - 7
         np.testing.assert_allclose(out[t], f(D[a:a + 8][None])[0, t - a], atol=1e-5)
