@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -125,24 +126,25 @@ def separated_sliding(separator: torch.nn.Module, D: torch.Tensor, n: int, windo
     """The bubbles (n, 1, 2, h, w) of the first n frames of D (m >= n frames, 2, h, w) by a
     sliding window of `window` frames (hop 1) whose centre frame is kept: frame t comes from the
     window t - (window - 1 - lag) .. t + lag with lag = window // 2 (clamped to the frames there
-    are), as a live session with hop = 1, lag = window // 2 publishes it (lag frames late).
-    `residual`: D - L (the data minus the separator's low-rank tissue estimate: the bubbles at
-    full amplitude, unshrunk) instead of its S."""
-    half, m = window - 1 - window // 2, len(D)
-    if m < window:
-        raise ValueError(f"a sliding window of {window} frames needs that many, got {m}")
-    out = torch.empty(n, 1, *D.shape[1:])
+    are), as a live session with hop = 1, lag = window // 2 publishes it (lag frames late;
+    `centre_frames` on the torch module). `residual`: D - L (the data minus the separator's
+    low-rank tissue estimate: the bubbles at full amplitude, unshrunk) instead of its S."""
+
+    class Windows:  # the module as a window engine for centre_frames: numpy in, S or D - L out
+        info = SimpleNamespace(name=type(separator).__name__, window=window)
+
+        def __call__(self, x: np.ndarray) -> np.ndarray:
+            y = separator(torch.from_numpy(x))
+            return (x - y[:, 0].numpy()) if residual else y.numpy()
+
     pair = getattr(separator, "pair_output", False)
     separator.pair_output = residual
     try:
         with torch.no_grad():
-            for t in range(n):
-                a = min(max(t - half, 0), m - window)
-                y = separator(D[a:a + window][None])[0]
-                out[t, 0] = D[t] - y[0, t - a] if residual else y[t - a]
+            out = centre_frames(Windows(), D.numpy(), n, window // 2)
     finally:
         separator.pair_output = pair
-    return out
+    return torch.from_numpy(out)[:, None]
 
 
 def centre_frames(engine, D: np.ndarray, n: int, lag: int, hop: int = 1) -> np.ndarray:
